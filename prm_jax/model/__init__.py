@@ -1,0 +1,8 @@
+"""Decoder, heads and Hugging Face import."""
+
+from prm_jax.model.config import ModelConfig, RopeScaling
+from prm_jax.model.heads import HEAD_OUTPUTS, PRM_CLASSES, CausalLM, RewardModel
+from prm_jax.model.transformer import KVCache, Transformer
+
+__all__ = ["ModelConfig", "RopeScaling", "CausalLM", "RewardModel", "KVCache", "Transformer",
+           "HEAD_OUTPUTS", "PRM_CLASSES"]

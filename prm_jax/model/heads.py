@@ -1,0 +1,81 @@
+"""The three heads on the decoder's final hidden state: LM (generator), ORM (1 logit), PRM (3 logits).
+
+A reward model is the generator's transformer plus a small head, so it starts from a generator (or an
+imported Hugging Face) checkpoint with `RewardModel.from_lm`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from prm_jax.model.config import ModelConfig
+from prm_jax.model.transformer import KVCache, Transformer, normal, param, zeros
+
+# PRM classes in logit order: index 0 = negative (-1), 1 = neutral (0), 2 = positive (+1).
+PRM_CLASSES = (-1, 0, 1)
+HEAD_OUTPUTS = {"orm": 1, "prm": len(PRM_CLASSES)}
+
+
+class CausalLM(nnx.Module):
+  """Generator: transformer + LM head (or tied embeddings)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.transformer = Transformer(cfg, rngs=rngs)
+    if not cfg.tie_embeddings:
+      self.lm_head = param(rngs, normal(cfg.init_std), (cfg.dim, cfg.vocab_size),
+                           ("embed", "vocab"), cfg.weight_dtype)
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    if self.cfg.tie_embeddings:
+      w = self.transformer.embed[...].astype(hidden.dtype).T
+    else:
+      w = self.lm_head[...].astype(hidden.dtype)
+    return (hidden @ w).astype(jnp.float32)
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None) -> jax.Array:
+    """Logits float32[B,T,V] for int32[B,T] tokens."""
+    hidden, _ = self.transformer(tokens, positions, segment_ids)
+    return self.logits(hidden)
+
+  def decode(self, tokens: jax.Array, cache: KVCache,
+             positions: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+    """Prefill or decode step: logits for `tokens` attending over (and appended to) the cache."""
+    hidden, cache = self.transformer(tokens, positions, cache=cache)
+    return self.logits(hidden), cache
+
+
+class RewardModel(nnx.Module):
+  """Transformer + a linear head: `orm` gives one logit per token, `prm` three (neg, neutral, pos)."""
+
+  def __init__(self, cfg: ModelConfig, kind: str, *, rngs: nnx.Rngs):
+    if kind not in HEAD_OUTPUTS:
+      raise ValueError(f"reward head kind {kind!r}; expected one of {sorted(HEAD_OUTPUTS)}")
+    self.cfg, self.kind = cfg, kind
+    self.transformer = Transformer(cfg, rngs=rngs)
+    k = HEAD_OUTPUTS[kind]
+    self.head_w = param(rngs, normal(cfg.init_std), (cfg.dim, k), ("embed", "classes"),
+                        jnp.float32)
+    self.head_b = param(rngs, zeros, (k,), ("classes",), jnp.float32)
+
+  @classmethod
+  def from_lm(cls, lm: CausalLM, kind: str, *, rngs: nnx.Rngs) -> "RewardModel":
+    """A reward model whose transformer starts as the generator's (the paper's initialisation)."""
+    rm = cls(lm.cfg, kind, rngs=rngs)
+    nnx.update(rm.transformer, nnx.state(lm.transformer))
+    return rm
+
+  def hidden(self, tokens: jax.Array, positions: jax.Array | None = None,
+             segment_ids: jax.Array | None = None) -> jax.Array:
+    return self.transformer(tokens, positions, segment_ids)[0]
+
+  def head(self, hidden: jax.Array) -> jax.Array:
+    """Head logits float32[..., K] for hidden states [..., D] (e.g. gathered at step ends)."""
+    return hidden.astype(jnp.float32) @ self.head_w[...] + self.head_b[...]
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None) -> jax.Array:
+    return self.head(self.hidden(tokens, positions, segment_ids))

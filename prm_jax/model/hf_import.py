@@ -1,0 +1,206 @@
+"""Load a local Hugging Face LLaMA / Qwen2 / Mistral checkpoint (config.json + *.safetensors).
+
+Tensors are memory-mapped and streamed one at a time into their target shardings with
+`jax.make_array_from_callback`, so each host only reads the slices its devices own and a checkpoint never
+needs twice its size in host memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import struct
+from typing import Any, Callable
+
+import jax
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+from prm_jax import sharding
+from prm_jax.model.config import ModelConfig, RopeScaling
+from prm_jax.model.heads import CausalLM
+
+SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
+              "I64": np.int64, "I32": np.int32}
+
+# HF keys that carry no weights we need.
+_IGNORED = re.compile(r".*rotary_emb\.inv_freq$")
+
+
+class SafetensorsFolder:
+  """Lazy, memory-mapped view of every tensor in a folder's *.safetensors files."""
+
+  def __init__(self, path: str):
+    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    if not files:
+      raise FileNotFoundError(f"{path}: no *.safetensors files (PyTorch .bin checkpoints are not "
+                              "supported; re-save with safe_serialization=True)")
+    self.index: dict[str, tuple[str, dict]] = {}
+    for f in files:
+      full = os.path.join(path, f)
+      with open(full, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+      header.pop("__metadata__", None)
+      for name, info in header.items():
+        self.index[name] = (full, dict(info, data_start=8 + n))
+
+  def names(self) -> set[str]:
+    return set(self.index)
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(self.index[name][1]["shape"])
+
+  def get(self, name: str) -> np.ndarray:
+    if name not in self.index:
+      raise KeyError(f"tensor {name!r} is missing from the checkpoint")
+    file, info = self.index[name]
+    if info["dtype"] not in _ST_DTYPES:
+      raise ValueError(f"tensor {name!r} has unsupported dtype {info['dtype']}")
+    start, end = info["data_offsets"]
+    dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+    mm = np.memmap(file, dtype=np.uint8, mode="r", offset=info["data_start"] + start,
+                   shape=(end - start,))
+    return mm.view(dtype).reshape(info["shape"])
+
+
+def config_from_hf(hf: dict[str, Any], **overrides) -> ModelConfig:
+  """ModelConfig from a Hugging Face config.json dict (transformers 4 and 5 layouts)."""
+  arch = (hf.get("architectures") or ["?"])[0]
+  if arch not in SUPPORTED:
+    raise ValueError(f"unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED)}")
+  if hf.get("mlp_bias"):
+    raise ValueError(f"{arch}: mlp_bias=True is not supported")
+  if arch != "Qwen2ForCausalLM" and hf.get("attention_bias"):
+    raise ValueError(f"{arch}: attention_bias=True (bias on o_proj too) is not supported")
+  # transformers 5 moved theta and scaling into `rope_parameters`; 4.x has rope_theta + rope_scaling.
+  rope = dict(hf.get("rope_parameters") or {})
+  theta = rope.get("rope_theta", hf.get("rope_theta", 10_000.0))
+  scaling_src = rope if rope.get("rope_type", "default") != "default" else (hf.get("rope_scaling") or {})
+  rope_type = scaling_src.get("rope_type", scaling_src.get("type", "default"))
+  scaling = None
+  if rope_type == "llama3":
+    scaling = RopeScaling(
+        factor=float(scaling_src["factor"]),
+        low_freq_factor=float(scaling_src["low_freq_factor"]),
+        high_freq_factor=float(scaling_src["high_freq_factor"]),
+        original_max_position_embeddings=int(scaling_src["original_max_position_embeddings"]))
+  elif rope_type != "default":
+    raise ValueError(f"{arch}: rope type {rope_type!r} is not supported (default and llama3 are)")
+  sliding = hf.get("sliding_window")
+  if arch == "Qwen2ForCausalLM" and not hf.get("use_sliding_window", False):
+    sliding = None
+  heads = hf["num_attention_heads"]
+  kw = dict(
+      vocab_size=hf["vocab_size"], dim=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+      num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
+      mlp_dim=hf["intermediate_size"], head_dim=hf.get("head_dim"),
+      norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_scaling=scaling,
+      qkv_bias=arch == "Qwen2ForCausalLM", tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      sliding_window=sliding, max_seq_len=hf.get("max_position_embeddings", 2048))
+  kw.update(overrides)
+  return ModelConfig(**kw)
+
+
+def _layer_map(cfg: ModelConfig) -> dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]:
+  """Our per-block parameter path -> (HF name template, transform from HF layout to ours)."""
+  d, n, k, h = cfg.dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+  a = "model.layers.{i}.self_attn."
+  m = "model.layers.{i}.mlp."
+  out = {
+      "attn/q_proj": (a + "q_proj.weight", lambda w: w.T.reshape(d, n, h)),
+      "attn/k_proj": (a + "k_proj.weight", lambda w: w.T.reshape(d, k, h)),
+      "attn/v_proj": (a + "v_proj.weight", lambda w: w.T.reshape(d, k, h)),
+      "attn/o_proj": (a + "o_proj.weight", lambda w: w.T.reshape(n, h, d)),
+      "mlp/gate": (m + "gate_proj.weight", lambda w: w.T),
+      "mlp/up": (m + "up_proj.weight", lambda w: w.T),
+      "mlp/down": (m + "down_proj.weight", lambda w: w.T),
+      "attn_norm/scale": ("model.layers.{i}.input_layernorm.weight", lambda w: w),
+      "mlp_norm/scale": ("model.layers.{i}.post_attention_layernorm.weight", lambda w: w),
+  }
+  if cfg.qkv_bias:
+    out["attn/q_bias"] = (a + "q_proj.bias", lambda b: b.reshape(n, h))
+    out["attn/k_bias"] = (a + "k_proj.bias", lambda b: b.reshape(k, h))
+    out["attn/v_bias"] = (a + "v_proj.bias", lambda b: b.reshape(k, h))
+  return out
+
+
+def load_hf_causal_lm(path: str, dtype: str = "float32", *, param_dtype: str | None = None,
+                      mesh: jax.sharding.Mesh | None = None,
+                      rules: sharding.Rules = sharding.DEFAULT_RULES, **overrides) -> CausalLM:
+  """Reads a local HF folder into a `CausalLM` (logits for int32[B,T] tokens), sharded on `mesh`.
+
+  `dtype` is the compute dtype; weights are stored in `param_dtype` (default: `dtype`).
+  """
+  with open(os.path.join(path, "config.json")) as f:
+    hf = json.load(f)
+  cfg = config_from_hf(hf, dtype=dtype, param_dtype=param_dtype or dtype, **overrides)
+  mesh = mesh or sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  tensors = SafetensorsFolder(path)
+
+  abstract = nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0)))
+  graphdef, abstract_state = nnx.split(abstract)
+  shardings = sharding.state_shardings(abstract_state, mesh, rules)
+  layer_map = _layer_map(cfg)
+  used: set[str] = set()
+
+  def fetch(name: str, transform, want_shape) -> np.ndarray:
+    arr = transform(tensors.get(name))
+    if arr.shape != tuple(want_shape):
+      raise ValueError(f"tensor {name!r}: checkpoint shape {tensors.shape(name)} gives "
+                       f"{arr.shape} after conversion, but the model expects {tuple(want_shape)}")
+    used.add(name)
+    return arr
+
+  def source(ours: str, shape, np_dtype):
+    """A callback index -> numpy slice for one of our parameters."""
+    if ours == "transformer/embed":
+      full = functools.cache(lambda: fetch("model.embed_tokens.weight", lambda w: w, shape))
+      return lambda idx: full()[idx].astype(np_dtype)
+    if ours == "transformer/final_norm/scale":
+      full = functools.cache(lambda: fetch("model.norm.weight", lambda w: w, shape))
+      return lambda idx: full()[idx].astype(np_dtype)
+    if ours == "lm_head":
+      full = functools.cache(lambda: fetch("lm_head.weight", lambda w: w.T, shape))
+      return lambda idx: full()[idx].astype(np_dtype)
+    match = re.fullmatch(r"transformer/layers/(\d+)/(.+)", ours)
+    if match and not cfg.scan_layers:
+      i, key = int(match.group(1)), match.group(2)
+      template, tf = layer_map[key]
+      full = functools.cache(lambda: fetch(template.format(i=i), tf, shape))
+      return lambda idx: full()[idx].astype(np_dtype)
+    match = re.fullmatch(r"transformer/layers/(.+)", ours)
+    if match and cfg.scan_layers:
+      template, tf = layer_map[match.group(1)]
+      layer = functools.lru_cache(maxsize=2)(
+          lambda i: fetch(template.format(i=i), tf, shape[1:]))
+
+      def stacked(idx):
+        layers = range(cfg.num_layers)[idx[0]]
+        return np.stack([layer(i)[idx[1:]] for i in layers]).astype(np_dtype)
+      return stacked
+    raise KeyError(f"no Hugging Face tensor maps to parameter {ours!r}")
+
+  def load(path_, var, sh):
+    ours = sharding.path_name(path_)
+    np_dtype = np.dtype(var.dtype)
+    arr = jax.make_array_from_callback(var.shape, sh, source(ours, var.shape, np_dtype))
+    return arr
+
+  flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_state,
+                                                       is_leaf=lambda x: isinstance(x, nnx.Variable))
+  sh_leaves = jax.tree.leaves(shardings)
+  values = [load(p, v, s) for (p, v), s in zip(flat, sh_leaves)]
+  unused = sorted(n for n in tensors.names() - used if not _IGNORED.match(n)
+                  and not (cfg.tie_embeddings and n == "lm_head.weight"))
+  if unused:
+    raise ValueError(f"{path}: checkpoint tensors not used by {hf['architectures'][0]} import: "
+                     f"{unused[:5]}{' ...' if len(unused) > 5 else ''}")
+  state = jax.tree_util.tree_unflatten(treedef, [v.replace(value=x) if isinstance(v, nnx.Variable)
+                                                 else x for (_, v), x in zip(flat, values)])
+  return nnx.merge(graphdef, state)

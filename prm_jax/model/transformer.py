@@ -1,0 +1,257 @@
+"""NNX LLaMA-family decoder: RMSNorm, RoPE, SwiGLU, grouped-query attention.
+
+Every parameter carries logical axis names in its `out_sharding` metadata (`embed`, `mlp`, `heads`,
+`kv_heads`, `head_dim`, `vocab`, `norm`, and `layers` when scanned); `prm_jax.sharding` maps them to the
+mesh. Packed rows use `segment_ids` (0 marks padding) and per-segment `positions`. The KV cache is a plain
+pytree (`KVCache`) threaded through the call, so a sampler can donate it and loop over it in `lax.while_loop`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from prm_jax.model.config import ModelConfig, RopeScaling
+from prm_jax import sharding
+
+
+def param(rngs: nnx.Rngs | None, init, shape, axes, dtype) -> nnx.Param:
+  """A parameter annotated with logical axis names (never eagerly sharded: see sharding.init_sharded)."""
+  value = init(rngs.params() if rngs is not None else None, shape, dtype)
+  return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+
+
+def normal(std):
+  return lambda key, shape, dtype: std * jax.random.normal(key, shape, dtype)
+
+
+def ones(_, shape, dtype):
+  return jnp.ones(shape, dtype)
+
+
+def zeros(_, shape, dtype):
+  return jnp.zeros(shape, dtype)
+
+
+class KVCache(NamedTuple):
+  """Fixed-size cache for all layers. `pos[b, s]` is the position stored in slot s (-1: empty/padding)."""
+
+  k: jax.Array      # [L, B, S, K, H]
+  v: jax.Array      # [L, B, S, K, H]
+  pos: jax.Array    # int32 [B, S]
+  index: jax.Array  # int32 [], next slot to write
+
+  @classmethod
+  def init(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    dtype = dtype or cfg.compute_dtype
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+               jnp.full((batch, max_len), -1, jnp.int32), jnp.zeros((), jnp.int32))
+
+
+class RMSNorm(nnx.Module):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.eps = cfg.norm_eps
+    self.scale = param(rngs, ones, (cfg.dim,), ("norm",), cfg.weight_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return self.scale[...].astype(x.dtype) * x32.astype(x.dtype)
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> jax.Array:
+  """Inverse frequencies, with Llama-3 wavelength-dependent scaling when configured."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  if scaling is None:
+    return inv_freq
+  old = scaling.original_max_position_embeddings
+  low_wavelen = old / scaling.low_freq_factor
+  high_wavelen = old / scaling.high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+  smooth = (old / wavelen - scaling.low_freq_factor) / (
+      scaling.high_freq_factor - scaling.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotate-half RoPE (the Hugging Face layout). x: [B,T,N,H], positions: [B,T]."""
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B,T,H/2]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, n, k, h, pd = cfg.dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.weight_dtype
+    init = normal(cfg.init_std)
+    self.q_proj = param(rngs, init, (d, n, h), ("embed", "heads", "head_dim"), pd)
+    self.k_proj = param(rngs, init, (d, k, h), ("embed", "kv_heads", "head_dim"), pd)
+    self.v_proj = param(rngs, init, (d, k, h), ("embed", "kv_heads", "head_dim"), pd)
+    self.o_proj = param(rngs, init, (n, h, d), ("heads", "head_dim", "embed"), pd)
+    if cfg.qkv_bias:
+      self.q_bias = param(rngs, zeros, (n, h), ("heads", "head_dim"), pd)
+      self.k_bias = param(rngs, zeros, (k, h), ("kv_heads", "head_dim"), pd)
+      self.v_bias = param(rngs, zeros, (k, h), ("kv_heads", "head_dim"), pd)
+
+  def _project(self, x, name):
+    w = getattr(self, f"{name}_proj")[...].astype(x.dtype)
+    y = jnp.einsum("btd,dnh->btnh", x, w)
+    if self.cfg.qkv_bias:
+      y = y + getattr(self, f"{name}_bias")[...].astype(x.dtype)
+    return y
+
+  def __call__(self, x, positions, mask, is_causal, inv_freq, kv=None, index=None):
+    """Returns the attention output and this call's new keys/values (to be written to the cache).
+
+    With a cache slice `kv=(k, v)` of this layer, queries attend over the cache with the new rows in place.
+    """
+    q = apply_rope(self._project(x, "q"), positions, inv_freq)
+    k = apply_rope(self._project(x, "k"), positions, inv_freq)
+    v = self._project(x, "v")
+    new_kv = None
+    if kv is not None:
+      ck, cv = kv
+      new_kv = (k.astype(ck.dtype), v.astype(cv.dtype))
+      k = jax.lax.dynamic_update_slice(ck, new_kv[0], (0, index, 0, 0)).astype(q.dtype)
+      v = jax.lax.dynamic_update_slice(cv, new_kv[1], (0, index, 0, 0)).astype(q.dtype)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+    out = jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(x.dtype))
+    return out, new_kv
+
+
+class MLP(nnx.Module):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    init, pd = normal(cfg.init_std), cfg.weight_dtype
+    self.gate = param(rngs, init, (cfg.dim, cfg.mlp_dim), ("embed", "mlp"), pd)
+    self.up = param(rngs, init, (cfg.dim, cfg.mlp_dim), ("embed", "mlp"), pd)
+    self.down = param(rngs, init, (cfg.mlp_dim, cfg.dim), ("mlp", "embed"), pd)
+
+  def __call__(self, x):
+    dt = x.dtype
+    h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
+    h = sharding.constrain(h, ("batch", "length", "mlp"))
+    return h @ self.down[...].astype(dt)
+
+
+class Block(nnx.Module):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(cfg, rngs=rngs)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg, rngs=rngs)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x, positions, mask, is_causal, inv_freq, kv=None, index=None):
+    a, kv = self.attn(self.attn_norm(x), positions, mask, is_causal, inv_freq, kv, index)
+    x = x + a
+    x = x + self.mlp(self.mlp_norm(x))
+    return sharding.constrain(x, ("batch", "length", "embed")), kv
+
+
+def attention_mask(cfg: ModelConfig, positions, segment_ids, cache_pos):
+  """Boolean mask [B,1,T,S], or None when plain causal attention (`is_causal=True`) is exact.
+
+  Without a cache, causality is by token index and packed segments never see each other. With a cache,
+  a query at position p sees the filled slots holding positions <= p (slots of left padding hold -1).
+  """
+  t = positions.shape[1]
+  if cache_pos is None:
+    if segment_ids is None and cfg.sliding_window is None:
+      return None
+    idx = jnp.arange(t)
+    mask = (idx[None, :, None] >= idx[None, None, :])
+    if segment_ids is not None:
+      mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    if cfg.sliding_window is not None:
+      mask = mask & (idx[None, :, None] - idx[None, None, :] < cfg.sliding_window)
+  else:
+    kp, qp = cache_pos[:, None, :], positions[:, :, None]
+    mask = (kp >= 0) & (kp <= qp)
+    if cfg.sliding_window is not None:
+      mask = mask & (qp - kp < cfg.sliding_window)
+  return mask[:, None, :, :]
+
+
+class Transformer(nnx.Module):
+  """Token embedding, decoder blocks and the final norm: tokens -> hidden states [B,T,D]."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = param(rngs, normal(1.0 if cfg.tie_embeddings else cfg.init_std),
+                       (cfg.vocab_size, cfg.dim), ("vocab", "embed"), cfg.weight_dtype)
+    if cfg.scan_layers:
+      @nnx.split_rngs(splits=cfg.num_layers)
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      def stacked(r):
+        return Block(cfg, rngs=r)
+      self.layers = stacked(rngs)
+    else:
+      self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg, rngs=rngs)
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None,
+               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    cfg = self.cfg
+    b, t = tokens.shape
+    if positions is None:
+      start = 0 if cache is None else cache.index
+      positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+    cache_pos = None
+    if cache is not None:
+      cache_pos = jax.lax.dynamic_update_slice(cache.pos, positions.astype(jnp.int32),
+                                               (0, cache.index))
+    mask = attention_mask(cfg, positions, segment_ids, cache_pos)
+    is_causal = mask is None
+    inv_freq = rope_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+
+    # FSDP gathers the table's `embed` dim before the lookup (a gather from a table split on both
+    # dims makes XLA replicate it wholesale); the vocab split over `tensor` stays.
+    table = sharding.constrain(self.embed[...], ("vocab", None))
+    x = table.astype(cfg.compute_dtype)[tokens]
+    x = sharding.constrain(x, ("batch", "length", "embed"))
+    index = None if cache is None else cache.index
+
+    def body(x, xs):
+      graphdef, block_state, kv = xs
+      block = nnx.merge(graphdef, block_state)
+      return block(x, positions, mask, is_causal, inv_freq, kv, index)
+
+    def scan_body(graphdef):
+      def f(x, xs):
+        return body(x, (graphdef, *xs))
+      return jax.checkpoint(f, prevent_cse=False) if cfg.remat else f
+
+    if cfg.scan_layers:
+      graphdef, state = nnx.split(self.layers)
+      kvs = None if cache is None else (cache.k, cache.v)
+      x, new_kv = jax.lax.scan(scan_body(graphdef), x, (state, kvs))
+      if cache is not None:  # new rows of every layer, written in one update
+        at = (0, 0, cache.index, 0, 0)
+        cache = cache._replace(k=jax.lax.dynamic_update_slice(cache.k, new_kv[0], at),
+                               v=jax.lax.dynamic_update_slice(cache.v, new_kv[1], at))
+    else:
+      for i, layer in enumerate(self.layers):
+        graphdef, state = nnx.split(layer)
+        kv = None if cache is None else (cache.k[i], cache.v[i])
+        x, new_kv = scan_body(graphdef)(x, (state, kv))
+        if cache is not None:
+          at = (i, 0, cache.index, 0, 0)
+          cache = cache._replace(
+              k=jax.lax.dynamic_update_slice(cache.k, new_kv[0][None], at),
+              v=jax.lax.dynamic_update_slice(cache.v, new_kv[1][None], at))
+    x = self.final_norm(x)
+    if cache is not None:
+      cache = cache._replace(pos=cache_pos, index=cache.index + t)
+    return x, cache
