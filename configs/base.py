@@ -33,6 +33,8 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.rules = RULES
 
+  c.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=8000, model_type="bpe"))
+
   c.train = ml_collections.ConfigDict(dict(
       steps=1000, batch_size=32, seq_len=256, learning_rate=3e-4, warmup_steps=100,
       weight_decay=0.1, b1=0.9, b2=0.95, grad_clip=1.0, log_every=50))

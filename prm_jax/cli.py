@@ -16,7 +16,24 @@ from ml_collections import config_flags
 COMMANDS = {
     "demo": ("demo.py", "run the embedded demo on a CPU"),
     "describe": ("base.py", "print the mesh, parameter count and every parameter's sharding"),
+    "convert": ("base.py", "PRM800K / scored-samples / MATH / Solution JSONL -> our JSONL records"),
+    "build-tfds": ("base.py", "build the PRM800K or MATH TFDS dataset from downloaded files"),
+    "train-tokenizer": ("base.py", "train a sentencepiece tokenizer on record files"),
 }
+
+flags.DEFINE_string("input", None, "input JSONL file")
+flags.DEFINE_multi_string("inputs", [], "input files (train-tokenizer; repeatable)")
+flags.DEFINE_string("output", None, "output file")
+flags.DEFINE_enum("format", "auto", ["auto", "prm800k", "scored-samples", "solution", "math"],
+                  "input format (auto detects PRM800K rows, scored samples and Solutions)")
+flags.DEFINE_bool("skip-invalid", False, "skip malformed lines (counted and printed) instead of "
+                  "stopping at the first with its file:line")
+flags.DEFINE_bool("expand-alternatives", False, "convert: also emit each rated PRM800K alternative "
+                  "step as its own (prefix + step) record")
+flags.DEFINE_enum("dataset", "prm800k", ["prm800k", "math"], "build-tfds: which dataset")
+flags.DEFINE_string("manual-dir", None, "build-tfds: folder with the downloaded files")
+flags.DEFINE_string("data-dir", os.path.expanduser("~/tensorflow_datasets"),
+                    "build-tfds: TFDS data directory")
 
 
 def _configs_dir() -> str:
@@ -35,6 +52,28 @@ def _describe(config) -> None:
         f"{cfg.num_params() / 1e6:.1f}M parameters")
   for name, shape, spec in sharding.spec_table(state, mesh, tuple(config.rules)):
     print(f"  {name:40s} {str(shape):22s} {spec}")
+
+
+def _need(*names: str) -> None:
+  missing = [n for n in names if not flags.FLAGS[n].value]
+  if missing:
+    raise ValueError("missing " + ", ".join(f"--{n}" for n in missing))
+
+
+def _data_command(command: str, config) -> None:
+  from prm_jax.data import commands
+  f = flags.FLAGS
+  if command == "convert":
+    _need("input", "output")
+    commands.convert(f.input, f.output, f.format, f["skip-invalid"].value,
+                     f["expand-alternatives"].value)
+  elif command == "build-tfds":
+    _need("manual-dir")
+    commands.build_tfds(f.dataset, f["manual-dir"].value, f["data-dir"].value)
+  elif command == "train-tokenizer":
+    _need("inputs", "output")
+    commands.train_tokenizer(f.inputs, f.output, config.tokenizer.vocab_size,
+                             config.tokenizer.model_type, f.format)
 
 
 def _usage() -> str:
@@ -66,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         demo.run(config)
       elif command == "describe":
         _describe(config)
+      else:
+        _data_command(command, config)
     except (ValueError, KeyError, FileNotFoundError) as e:  # bad input: one clear line
       if os.environ.get("PRM_JAX_DEBUG"):
         raise

@@ -45,3 +45,36 @@ def test_bad_command_and_bad_override_fail_clearly():
   p = run("describe", "--config.mesh.data=3")
   assert p.returncode == 1 and "needs 3 devices, but 4 are available" in p.stderr
   assert "Traceback" not in p.stderr
+
+
+def test_convert_build_tfds_and_train_tokenizer(tmp_path):
+  src = ROOT / "tests" / "fixtures" / "prm800k" / "phase2_train.thirdparty_examples.jsonl"
+  out = tmp_path / "sol.jsonl"
+  p = run("convert", f"--input={src}", f"--output={out}", "--expand-alternatives")
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert "wrote 40 records" in p.stdout and len(out.read_text().splitlines()) == 40
+
+  bad = tmp_path / "bad.jsonl"
+  bad.write_bytes(out.read_bytes() + b'{"problem_id": 1,\n' + b"\xff\xfe\n")
+  p = run("convert", f"--input={bad}", f"--output={tmp_path / 'x.jsonl'}")
+  assert p.returncode == 1 and f"{bad}:41: malformed JSON" in p.stderr and "Traceback" not in p.stderr
+  assert not (tmp_path / "x.jsonl").exists()  # nothing half-written
+  p = run("convert", f"--input={bad}", f"--output={tmp_path / 'x.jsonl'}", "--skip-invalid")
+  assert p.returncode == 0 and "skipped 2 invalid line(s)" in p.stderr
+  assert "wrote 40 records" in p.stdout
+
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  (manual / "phase2_train.jsonl").write_bytes(src.read_bytes())
+  p = run("build-tfds", "--dataset=prm800k", f"--manual-dir={manual}",
+          f"--data-dir={tmp_path / 'tfds'}")
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert "prm800k/phase2_train: 9 examples" in p.stdout
+
+  model = tmp_path / "tok.model"
+  p = run("train-tokenizer", f"--inputs={out}", f"--output={model}",
+          "--config.tokenizer.vocab_size=400")
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert model.exists() and "400 pieces" in p.stdout
+  p = run("convert", f"--input={src}")
+  assert p.returncode == 1 and "missing --output" in p.stderr

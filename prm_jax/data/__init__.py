@@ -1,0 +1,1 @@
+"""Readers (PRM800K, MATH, scored samples), the toy domain, and the input pipeline."""

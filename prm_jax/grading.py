@@ -1,0 +1,610 @@
+"""Final-answer extraction and equivalence.
+
+`mode="prm800k"` follows the paper's grading conventions (MATH normalisation; tuples and intervals
+element-wise; two plain fractions must match exactly; an integer never equals a non-integer; otherwise
+symbolic equality). Model output is untrusted text, so nothing here evaluates it as Python: LaTeX is
+rewritten to a small arithmetic language and parsed by `parse_expression`, a recursive-descent parser
+that builds sympy objects directly and refuses anything outside a whitelist. Every call is bounded:
+structural limits (length, exponent size, factorial) and, on the main thread, a wall-clock timer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import re
+import signal
+import threading
+from typing import Iterable
+
+import sympy
+
+TIME_LIMIT_S = 2.0
+MAX_CHARS = 400
+
+
+# ----------------------------------------------------------------------------- extraction
+
+def _brace_content(s: str, open_idx: int) -> tuple[str, int] | None:
+  """Content of the {...} group opening at `open_idx` and the index after it (nesting aware)."""
+  if open_idx >= len(s) or s[open_idx] != "{":
+    return None
+  depth = 0
+  for i in range(open_idx, len(s)):
+    if s[i] == "{":
+      depth += 1
+    elif s[i] == "}":
+      depth -= 1
+      if depth == 0:
+        return s[open_idx + 1:i], i + 1
+  return None
+
+
+def extract_boxed(text: str | None) -> str | None:
+  """Content of the last `\\boxed{...}` / `\\fbox{...}` (nested braces handled; `\\boxed 5` too)."""
+  if not text:
+    return None
+  starts = [m for m in re.finditer(r"\\(?:boxed|fbox)\s*", text)]
+  for m in reversed(starts):
+    j = m.end()
+    if j < len(text) and text[j] == "{":
+      got = _brace_content(text, j)
+      if got is not None:
+        return got[0]
+    elif m.group(0).endswith(" ") or (j < len(text) and text[j] != "{"):
+      rest = re.match(r"[^\s$]+", text[j:])
+      if rest:
+        return rest.group(0)
+  return None
+
+
+def extract_answer(text: str | None) -> str | None:
+  """The final answer of a solution: the text after the last `# Answer` line, else the last box."""
+  if not text:
+    return None
+  parts = re.split(r"(?m)^#\s*Answer\s*$", text)
+  if len(parts) > 1:
+    ans = parts[-1].strip()
+    return ans if ans else None
+  return extract_boxed(text)
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+_UNITS = (
+    "degrees", "degree", "cm", "centimeters", "centimeter", "meters", "meter", "mm", "km", "kilometers",
+    "miles", "mile", "inches", "inch", "feet", "foot", "ft", "yards", "yard", "units", "unit",
+    "seconds", "second", "minutes", "minute", "hours", "hour", "days", "day", "weeks", "week",
+    "months", "month", "years", "year", "dollars", "dollar", "cents", "cent", "sq", "square",
+    "cubic", "mph", "pounds", "pound", "ounces", "ounce", "grams", "gram", "kg", "liters", "liter",
+    "p.m.", "a.m.", "pm", "am", "students", "people", "marbles", "ways", "points", "edges",
+)
+
+
+def _fix_fracs(s: str) -> str:
+  """`\\frac12` -> `\\frac{1}{2}`, `\\frac1{2}` -> `\\frac{1}{2}`, `\\frac{1}2` -> `\\frac{1}{2}`."""
+  out, i = [], 0
+  while i < len(s):
+    if s.startswith("\\frac", i):
+      out.append("\\frac")
+      i += 5
+      for _ in range(2):
+        if i < len(s) and s[i] == "{":
+          got = _brace_content(s, i)
+          if got is None:
+            return "".join(out) + s[i:]
+          out.append("{" + got[0] + "}")
+          i = got[1]
+        elif i < len(s) and s[i] not in "\\":
+          out.append("{" + s[i] + "}")
+          i += 1
+    else:
+      out.append(s[i])
+      i += 1
+  return "".join(out)
+
+
+def _fix_sqrt(s: str) -> str:
+  """`\\sqrt3` -> `\\sqrt{3}` (a one-character radicand written without braces)."""
+  return re.sub(r"\\sqrt(?![\[{a-zA-Z])\s*([^\s{\\\[])", r"\\sqrt{\1}", s)
+
+
+def strip_string(s: str) -> str:
+  """The MATH dataset's normalisation (Hendrycks et al.), written from its documented behaviour."""
+  s = s.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
+  s = s.replace("tfrac", "frac").replace("dfrac", "frac")
+  s = s.replace("\\left", "").replace("\\right", "")
+  s = s.replace("^{\\circ}", "").replace("^\\circ", "")
+  s = s.replace("\\$", "").replace("$", "")
+  s = re.sub(r"\\text\{\s*[a-zA-Z. ]*\}\s*$", "", s) if re.search(r"[\d}]\s*\\text\{\s", s) else s
+  s = s.replace("\\%", "").replace("%", "")
+  s = s.replace(" .", " 0.").replace("{.", "{0.")
+  if s.startswith("."):
+    s = "0" + s
+  if "=" in s and len(s.split("=")[0].strip()) <= 2:
+    s = s.split("=", 1)[1]
+  s = _fix_sqrt(s)
+  s = s.replace(" ", "")
+  s = _fix_fracs(s)
+  if s == "0.5":
+    s = "\\frac{1}{2}"
+  m = re.fullmatch(r"(-?\d+)/(\d+)", s)
+  if m:
+    s = f"\\frac{{{m.group(1)}}}{{{m.group(2)}}}"
+  return s
+
+
+def _unwrap_command(s: str, name: str) -> str:
+  """`\\name{X}` -> `X` everywhere (nesting aware)."""
+  key = "\\" + name + "{"
+  while key in s:
+    i = s.index(key)
+    got = _brace_content(s, i + len(key) - 1)
+    if got is None:
+      break
+    s = s[:i] + got[0] + s[got[1]:]
+  return s
+
+
+def normalize(expr: str | None) -> str | None:
+  """The grader's normalisation: units, text, money, percent, commas, `x=` prefixes, integral floats."""
+  if expr is None:
+    return None
+  s = expr.strip()
+  for name in ("text", "textbf", "mbox", "mathrm", "mathbf", "textnormal", "boxed"):
+    s = _unwrap_command(s, name)
+  s = s.replace("\\%", "%").replace("\\$", "$").replace("$", "").replace("%", "")
+  s = s.replace("\\!", "").replace("\\,", "").replace("\\;", "").replace("\\:", "")
+  s = re.sub(r"(?<!\\)\\ ", " ", s).replace("~", " ")  # `\ ` is a space, `\\ ` a row break
+  s = s.replace("\\left", "").replace("\\right", "").replace("\\displaystyle", "")
+  s = s.replace("dfrac", "frac").replace("tfrac", "frac")
+  s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?", "", s).replace("°", "")
+  s = s.replace(" or ", " , ").replace(" and ", " , ")
+  s = re.sub(r"\\(?:le|ge|lt|gt)\b", lambda m: {"\\le": "<=", "\\ge": ">=", "\\lt": "<",
+                                                  "\\gt": ">"}[m.group(0)], s)
+  s = s.replace("million", "*10^6").replace("billion", "*10^9").replace("trillion", "*10^12")
+  units = "|".join(re.escape(u) for u in sorted(_UNITS, key=len, reverse=True))
+  s = re.sub(rf"(?<=[\d}}).\s])\s*(?:{units})(?:\^?\{{?\d\}}?)?(?![a-zA-Z])", "", s)
+  s = s.strip()
+  if s.startswith("{") and s.endswith("}") and _brace_content(s, 0) == (s[1:-1], len(s)):
+    s = s[1:-1]
+  if "=" in s and len(s.split("=")[0].strip()) <= 2 and "\\" not in s.split("=")[0]:
+    s = s.split("=", 1)[1]
+  s = _fix_fracs(s)
+  if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s.replace(" ", "")):
+    s = s.replace(",", "")
+  m = re.fullmatch(r"\s*(-?\d+)\s+(\d+)\s*/\s*(\d+)\s*", s)  # mixed number 7 3/4
+  if m:
+    s = f"{m.group(1)}+{m.group(2)}/{m.group(3)}"
+  m = re.fullmatch(r"\s*(-?\d+)\s*\\frac\{(\d+)\}\{(\d+)\}\s*", s)  # 7\frac{3}{4}
+  if m:
+    s = f"{m.group(1)}+{m.group(2)}/{m.group(3)}"
+  s = _fix_sqrt(s)
+  s = _fix_fracs(s)
+  s = s.replace(" ", "")
+  s = re.sub(r"_\{(\w+)\}", r"_\1", s)
+  try:
+    f = float(s)
+    if math.isfinite(f) and abs(f - round(f)) <= 1e-9 and abs(f) < 1e15:
+      s = str(int(round(f)))
+  except ValueError:
+    pass
+  s = s.lower()
+  return s
+
+
+# ----------------------------------------------------------------------------- LaTeX -> plain
+
+_GREEK = {"pi": "pi", "infty": "oo", "theta": "theta", "alpha": "alpha", "beta": "beta"}
+_COMMANDS = sorted(list(_GREEK) + ["cdot", "times", "div", "sin", "cos", "tan", "log", "ln", "exp"],
+                   key=len, reverse=True)
+
+
+def latex_to_plain(s: str) -> str:
+  """Rewrites the LaTeX of a normalised answer into the arithmetic language of `parse_expression`.
+
+  `\\frac{1}{2}` with plain integers stays `1/2` (so two fractions can be compared as written);
+  other fractions become `((A)/(B))`.
+  """
+  out, i = [], 0
+  while i < len(s):
+    c = s[i]
+    if s.startswith("\\frac{", i):
+      num = _brace_content(s, i + 5)
+      den = _brace_content(s, num[1]) if num else None
+      if not num or not den:
+        raise ValueError("unbalanced \\frac")
+      a, b = latex_to_plain(num[0]), latex_to_plain(den[0])
+      simple = re.fullmatch(r"-?\d+", a) and re.fullmatch(r"\d+", b)
+      out.append(f"{a}/{b}" if simple and not out else f"(({a})/({b}))")
+      i = den[1]
+    elif s.startswith("\\sqrt[", i):
+      j = s.index("]", i)
+      rad = _brace_content(s, j + 1)
+      if not rad:
+        raise ValueError("unbalanced \\sqrt")
+      out.append(f"(({latex_to_plain(rad[0])})^(1/({latex_to_plain(s[i + 6:j])})))")
+      i = rad[1]
+    elif s.startswith("\\sqrt{", i):
+      rad = _brace_content(s, i + 5)
+      if not rad:
+        raise ValueError("unbalanced \\sqrt")
+      out.append(f"sqrt({latex_to_plain(rad[0])})")
+      i = rad[1]
+    elif c == "\\":
+      m = re.match(r"\\([a-zA-Z]+)", s[i:])
+      if not m:
+        out.append(s[i:i + 2])
+        i += 2
+        continue
+      name = m.group(1)
+      known = next((k for k in _COMMANDS if name.startswith(k)), None)
+      if known and known != name:  # `\\pir`: spaces were removed after `\\pi`
+        name = known
+        m = re.match(r"\\" + known, s[i:])
+      if name in ("cdot", "times"):
+        out.append("*")
+      elif name == "div":
+        out.append("/")
+      elif name in _GREEK:
+        out.append(f" {_GREEK[name]} ")
+      elif name in ("sin", "cos", "tan", "log", "ln", "exp"):
+        out.append(f" {name} ")
+      else:
+        out.append("\\" + name)  # left for the parser to refuse
+      i += len(m.group(0))
+    elif c == "{":
+      got = _brace_content(s, i)
+      if not got:
+        raise ValueError("unbalanced {")
+      out.append(f"({latex_to_plain(got[0])})")
+      i = got[1]
+    else:
+      out.append(c)
+      i += 1
+  return "".join(out)
+
+
+# ----------------------------------------------------------------------------- safe parser
+
+class _Refused(Exception):
+  """Input outside the whitelist or too large to evaluate safely."""
+
+
+_TOKEN = re.compile(r"\s*(?:(\d+\.\d*|\.\d+|\d+)|([a-z]+)|(\*\*|[-+*/^()!]))")
+_FUNCS = {"sqrt": sympy.sqrt, "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan,
+          "log": sympy.log, "ln": sympy.log, "exp": sympy.exp}
+_CONSTS = {"pi": sympy.pi, "oo": sympy.oo, "theta": sympy.Symbol("theta"),
+           "alpha": sympy.Symbol("alpha"), "beta": sympy.Symbol("beta")}
+_NAMES = sorted(list(_FUNCS) + list(_CONSTS), key=len, reverse=True)
+
+
+def _tokens(s: str) -> list[tuple[str, str]]:
+  out, pos = [], 0
+  s = s.rstrip()
+  while pos < len(s):
+    m = _TOKEN.match(s, pos)
+    if not m:
+      raise _Refused(f"unexpected character {s[pos]!r}")
+    num, word, op = m.groups()
+    if num is not None:
+      out.append(("num", num))
+    elif word is not None:  # known names, else single-letter symbols (xy = x*y)
+      j = 0
+      while j < len(word):
+        name = next((n for n in _NAMES if word.startswith(n, j)), word[j])
+        out.append(("name", name))
+        j += len(name)
+    else:
+      out.append(("op", "^" if op == "**" else op))
+    pos = m.end()
+  if len(out) > 200:
+    raise _Refused("too many tokens")
+  return out
+
+
+class _Parser:
+  """expr := term (('+'|'-') term)* ; term := unary (('*'|'/'|implicit) unary)* ;
+  unary := ('+'|'-') unary | power ; power := postfix ('^' unary)? ; postfix := atom '!'* ;
+  atom := number | name | func atom | '(' expr ')'."""
+
+  def __init__(self, tokens):
+    self.t, self.i, self.depth = tokens, 0, 0
+
+  def peek(self):
+    return self.t[self.i] if self.i < len(self.t) else ("end", "")
+
+  def take(self, kind=None, value=None):
+    tok = self.peek()
+    if (kind and tok[0] != kind) or (value and tok[1] != value):
+      raise _Refused(f"expected {value or kind}, got {tok[1] or 'end'}")
+    self.i += 1
+    return tok
+
+  def parse(self):
+    e = self.expr()
+    if self.i != len(self.t):
+      raise _Refused(f"trailing {self.peek()[1]!r}")
+    return e
+
+  def expr(self):
+    self.depth += 1
+    if self.depth > 60:
+      raise _Refused("nesting too deep")
+    e = self.term()
+    while self.peek() in (("op", "+"), ("op", "-")):
+      op = self.take()[1]
+      r = self.term()
+      e = e + r if op == "+" else e - r
+    self.depth -= 1
+    return e
+
+  def _starts_atom(self):
+    k, v = self.peek()
+    return k in ("num", "name") or (k, v) == ("op", "(")
+
+  def term(self):
+    e = self.unary()
+    while True:
+      k, v = self.peek()
+      if (k, v) in (("op", "*"), ("op", "/")):
+        self.take()
+        r = self.unary()
+        if v == "/":
+          if r == 0:
+            raise _Refused("division by zero")
+          e = e / r
+        else:
+          e = e * r
+      elif self._starts_atom():
+        e = e * self.power()
+      else:
+        return e
+
+  def unary(self):
+    if self.peek() == ("op", "-"):
+      self.take()
+      return -self.unary()
+    if self.peek() == ("op", "+"):
+      self.take()
+      return self.unary()
+    return self.power()
+
+  def power(self):
+    base = self.postfix()
+    if self.peek() == ("op", "^"):
+      self.take()
+      exp = self.unary()
+      if exp.is_number:
+        if not exp.is_finite or abs(float(exp)) > 400:
+          raise _Refused("exponent too large")
+        if base.is_number and base.is_finite:
+          b = abs(complex(base))
+          if b > 1 and abs(float(exp)) * math.log2(b) > 4000:
+            raise _Refused("power too large")
+      elif exp.has(sympy.Pow) and not base.is_number:
+        raise _Refused("symbolic tower")
+      return base ** exp
+    return base
+
+  def postfix(self):
+    e = self.atom()
+    while self.peek() == ("op", "!"):
+      self.take()
+      if not (e.is_Integer and 0 <= int(e) <= 300):
+        raise _Refused("factorial of a non-integer or too large")
+      e = sympy.factorial(e)
+    return e
+
+  def atom(self):
+    k, v = self.peek()
+    if k == "num":
+      self.take()
+      return sympy.Integer(v) if v.isdigit() else sympy.Rational(v)  # exact decimals
+    if k == "name":
+      self.take()
+      if v in _FUNCS:
+        return _FUNCS[v](self.power() if self.peek() != ("op", "(") else self.atom())
+      return _CONSTS.get(v) or sympy.Symbol(v)
+    if (k, v) == ("op", "("):
+      self.take()
+      e = self.expr()
+      self.take("op", ")")
+      return e
+    raise _Refused(f"unexpected {v or 'end'}")
+
+
+def parse_expression(plain: str) -> sympy.Expr:
+  """Parses the whitelisted arithmetic language into sympy without evaluating any Python."""
+  if len(plain) > MAX_CHARS:
+    raise _Refused("too long")
+  return _Parser(_tokens(plain)).parse()
+
+
+# ----------------------------------------------------------------------------- equivalence
+
+def _is_int_str(s: str) -> bool:
+  try:
+    f = float(s)
+  except ValueError:
+    return False
+  return math.isfinite(f) and abs(f - round(f)) <= 1e-7
+
+
+_FRAC = re.compile(r"^-?[0-9]+\.?/0*[1-9][0-9]*\.?$")
+
+
+def _numeric_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
+  if a == b:
+    return True
+  if a.is_Rational and b.is_Rational:
+    return False
+  if a.has(sympy.oo, -sympy.oo, sympy.zoo) or b.has(sympy.oo, -sympy.oo, sympy.zoo):
+    return False
+  symbols = sorted(a.free_symbols | b.free_symbols, key=str)
+  rng = random.Random(0)
+  trials = 4 if symbols else 1
+  for _ in range(trials):
+    point = {s: sympy.Rational(rng.randint(1100, 2900), 1000) for s in symbols}
+    try:
+      va = complex(a.evalf(30, subs=point))
+      vb = complex(b.evalf(30, subs=point))
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+      return False
+    if not (math.isfinite(abs(va)) and math.isfinite(abs(vb))):
+      return False
+    if abs(va - vb) > 1e-9 * max(1.0, abs(va), abs(vb)):
+      return False
+  return True
+
+
+def _element_equal(g: str, t: str) -> bool:
+  if g == t:
+    return True
+  if not g or not t:
+    return False
+  try:
+    gp, tp = latex_to_plain(g), latex_to_plain(t)
+  except (ValueError, IndexError):
+    return False
+  gp_c, tp_c = gp.replace(" ", ""), tp.replace(" ", "")
+  if gp_c == tp_c:
+    return True
+  if _FRAC.match(gp_c) and _FRAC.match(tp_c):  # two plain fractions: as written (2/4 is not 1/2)
+    return False
+  if _is_int_str(gp_c) != _is_int_str(tp_c) and (_is_int_str(gp_c) or _is_int_str(tp_c)):
+    if _FRAC.match(gp_c) or _FRAC.match(tp_c) or re.fullmatch(r"-?[\d.]+", gp_c + tp_c.replace("-", "")):
+      return False  # an integer is never a non-integer number (10/2 is not 5)
+  try:
+    return _numeric_equal(parse_expression(gp), parse_expression(tp))
+  except (_Refused, TypeError, ValueError, ZeroDivisionError, OverflowError, RecursionError,
+          AttributeError):
+    return False
+
+
+def _split_top(s: str, seps: Iterable[str]) -> list[str]:
+  parts, depth, cur, i = [], 0, [], 0
+  seps = tuple(seps)
+  while i < len(s):
+    if s[i] in "([{":
+      depth += 1
+    elif s[i] in ")]}":
+      depth -= 1
+    if depth == 0:
+      sep = next((x for x in seps if s.startswith(x, i)), None)
+      if sep:
+        parts.append("".join(cur))
+        cur = []
+        i += len(sep)
+        continue
+    cur.append(s[i])
+    i += 1
+  parts.append("".join(cur))
+  return parts
+
+
+def _matrix(s: str) -> list[list[str]] | None:
+  m = re.fullmatch(r"\\begin\{[pbv]?matrix\}(.*)\\end\{[pbv]?matrix\}", s)
+  if not m:
+    return None
+  return [row.split("&") for row in m.group(1).split("\\\\") if row != ""]
+
+
+def _is_bracketed(s: str) -> bool:
+  if len(s) < 2 or s[0] not in "([{" or s[-1] not in ")]}":
+    return False
+  return "," in s
+
+
+def _grade_normalized(g: str, t: str) -> bool:
+  if g == t:
+    return True
+  gm, tm = _matrix(g), _matrix(t)
+  if gm is not None or tm is not None:
+    if gm is None or tm is None or [len(r) for r in gm] != [len(r) for r in tm]:
+      return False
+    return all(_element_equal(a, b) for ra, rb in zip(gm, tm) for a, b in zip(ra, rb))
+  gu, tu = _split_top(g, ["\\cup"]), _split_top(t, ["\\cup"])
+  if len(gu) > 1 or len(tu) > 1:
+    return len(gu) == len(tu) and all(_grade_normalized(a, b) for a, b in zip(gu, tu))
+  if _is_bracketed(g) or _is_bracketed(t):
+    if g[:1] != t[:1] or g[-1:] != t[-1:]:
+      return False  # (a,b) is not [a,b]
+    ge, te = _split_top(g[1:-1], [","]), _split_top(t[1:-1], [","])
+    return len(ge) == len(te) and all(_element_equal(a, b) for a, b in zip(ge, te))
+  ge, te = _split_top(g, [","]), _split_top(t, [","])
+  if len(ge) > 1 or len(te) > 1:
+    return len(ge) == len(te) and all(_element_equal(a, b) for a, b in zip(ge, te))
+  return _element_equal(g, t)
+
+
+class _Timeout(Exception):
+  pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+  """SIGALRM timer on the main thread (sympy is pure Python, so it is interruptible)."""
+  if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+    yield  # structural limits still bound the work
+    return
+
+  def on_alarm(*_):
+    raise _Timeout()
+  previous = signal.signal(signal.SIGALRM, on_alarm)
+  signal.setitimer(signal.ITIMER_REAL, seconds)
+  try:
+    yield
+  finally:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def _grade_prm800k(given: str, truth: str) -> bool:
+  if strip_string(given) == strip_string(truth):
+    return True
+  g, t = normalize(given), normalize(truth)
+  if not g or not t:
+    return False
+  return _grade_normalized(g, t)
+
+
+_PYTHONISH = re.compile(r"__|\bimport\b|\beval\b|\bexec\b|\blambda\b|[`;]|\bos\.|\bsys\.")
+
+
+def _grade_math_verify(given: str, truth: str) -> bool:
+  try:
+    import math_verify
+  except ImportError as e:
+    raise ImportError("mode='math_verify' needs the math-verify package (pip install math-verify)"
+                      ) from e
+  # Only the LaTeX extractor (an ANTLR parser), never the plain-expression one (sympy.parse_expr);
+  # text that looks like Python is refused before it reaches the library at all.
+  if _PYTHONISH.search(given) or _PYTHONISH.search(truth):
+    return False
+  cfg = [math_verify.LatexExtractionConfig()]
+  wrap = lambda s: s if "$" in s or "\\boxed" in s else f"${s}$"
+  gold = math_verify.parse(wrap(truth), extraction_config=cfg, parsing_timeout=None)
+  pred = math_verify.parse(wrap(given), extraction_config=cfg, parsing_timeout=None)
+  if not gold or not pred:
+    return False
+  return bool(math_verify.verify(gold, pred, timeout_seconds=None))
+
+
+def grade_answer(given: str | None, truth: str | None, mode: str = "prm800k") -> bool:
+  """True when `given` is equivalent to `truth`. Bounded in time; never evaluates its input."""
+  if mode not in ("prm800k", "math_verify"):
+    raise ValueError(f"grading mode {mode!r}; expected 'prm800k' or 'math_verify'")
+  if given is None or truth is None:
+    return False
+  given, truth = str(given), str(truth)
+  if not given.strip() or len(given) > 4 * MAX_CHARS:
+    return False
+  try:
+    with _time_limit(TIME_LIMIT_S):
+      if mode == "prm800k":
+        return _grade_prm800k(given, truth)
+      return _grade_math_verify(given, truth)
+  except (_Timeout, RecursionError):
+    return False

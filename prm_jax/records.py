@@ -1,0 +1,276 @@
+"""`Solution` and `Problem`: the one record format between stages, and streaming JSONL I/O.
+
+Reading is strict by default: a malformed line raises `DataError` naming the file and line. With
+`skip_invalid=True` bad lines are skipped, counted in `ReadStats`, and the count is printed. Writing is
+atomic (`write_jsonl`: temp file + rename) or crash-safe appending (`JsonlAppender`) for resumable jobs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+LABELS = (-1, 0, 1, None)
+
+
+class DataError(ValueError):
+  """Bad input data; the message names the file and line."""
+
+
+@dataclasses.dataclass
+class Solution:
+  problem_id: str
+  problem: str
+  steps: list[str]
+  answer: str | None = None
+  ground_truth_answer: str | None = None
+  is_correct: bool | None = None
+  step_labels: list[int | None] | None = None
+  finish_reason: str | None = None
+  scores: dict[str, Any] | None = None
+  meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def text(self) -> str:
+    """The solution as the generator writes it: one step per line."""
+    return "\n".join(self.steps)
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    if d["scores"] is None:
+      del d["scores"]
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "Solution":
+    _require_mapping(d)
+    steps = d.get("steps")
+    if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
+      raise ValueError("'steps' must be a list of strings")
+    labels = d.get("step_labels")
+    if labels is not None:
+      if not isinstance(labels, list) or any(isinstance(x, bool) or x not in LABELS for x in labels):
+        raise ValueError(f"'step_labels' must be a list of -1, 0, 1 or null, got {labels!r}"[:200])
+      if len(labels) != len(steps):
+        raise ValueError(f"{len(labels)} step_labels for {len(steps)} steps")
+    is_correct = d.get("is_correct")
+    if is_correct is not None and not isinstance(is_correct, bool):
+      raise ValueError(f"'is_correct' must be true, false or null, got {is_correct!r}")
+    for key in ("scores", "meta"):
+      if d.get(key) is not None and not isinstance(d[key], dict):
+        raise ValueError(f"'{key}' must be an object")
+    return cls(problem_id=_str_field(d, "problem_id"), problem=_str_field(d, "problem"),
+               steps=list(steps), answer=_opt_str(d, "answer"),
+               ground_truth_answer=_opt_str(d, "ground_truth_answer"), is_correct=is_correct,
+               step_labels=None if labels is None else list(labels),
+               finish_reason=_opt_str(d, "finish_reason"), scores=d.get("scores"),
+               meta=dict(d.get("meta") or {}))
+
+
+@dataclasses.dataclass
+class Problem:
+  problem_id: str
+  problem: str
+  answer: str | None = None
+  solution: str | None = None
+  subject: str | None = None
+  level: int | None = None
+  meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "Problem":
+    """Our own records, or MATH lines (`unique_id` as the id)."""
+    _require_mapping(d)
+    pid = d.get("problem_id", d.get("unique_id"))
+    if pid is None:
+      raise ValueError("missing 'problem_id' (or 'unique_id')")
+    level = d.get("level")
+    if isinstance(level, str) and level.startswith("Level "):
+      level = level[6:]
+    try:
+      level = None if level is None else int(level)
+    except ValueError:
+      raise ValueError(f"'level' must be an integer, got {d.get('level')!r}") from None
+    return cls(problem_id=str(pid), problem=_str_field(d, "problem"), answer=_opt_str(d, "answer"),
+               solution=_opt_str(d, "solution"), subject=_opt_str(d, "subject"), level=level,
+               meta=dict(d.get("meta") or {}))
+
+
+def _require_mapping(d):
+  if not isinstance(d, dict):
+    raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+
+
+def _str_field(d, key) -> str:
+  if key not in d:
+    raise ValueError(f"missing '{key}'")
+  v = d[key]
+  if isinstance(v, (int, float)) and not isinstance(v, bool) and key.endswith("_id"):
+    return str(v)
+  if not isinstance(v, str):
+    raise ValueError(f"'{key}' must be a string, got {type(v).__name__}")
+  return v
+
+
+def _opt_str(d, key) -> str | None:
+  v = d.get(key)
+  if v is None or isinstance(v, str):
+    return v
+  if isinstance(v, (int, float)) and not isinstance(v, bool):
+    return str(v)
+  raise ValueError(f"'{key}' must be a string or null, got {type(v).__name__}")
+
+
+# ----------------------------------------------------------------------------- reading
+
+@dataclasses.dataclass
+class ReadStats:
+  """What a reader saw: lines read, records yielded, invalid lines skipped (with the first errors)."""
+
+  path: str = ""
+  lines: int = 0
+  records: int = 0
+  skipped: int = 0
+  dropped: int = 0  # valid lines a reader filtered out on purpose (e.g. quality-control rows)
+  errors: list[str] = dataclasses.field(default_factory=list)
+
+  def report(self, file=None) -> None:
+    if self.skipped:
+      print(f"skipped {self.skipped} invalid line(s) of {self.path}; first: {self.errors[0]}",
+            file=file or sys.stderr)
+
+
+T = TypeVar("T")
+
+
+def iter_json_lines(path: str, skip_invalid: bool = False, stats: ReadStats | None = None
+                    ) -> Iterator[tuple[int, Any]]:
+  """(line number, parsed JSON) for each non-blank line; bad bytes or JSON raise with file:line."""
+  stats = stats if stats is not None else ReadStats()
+  stats.path = str(path)
+  with open(path, "rb") as f:
+    for lineno, raw in enumerate(f, 1):
+      stats.lines += 1
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        _fail(stats, skip_invalid, f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start})")
+        continue
+      if not line.strip():
+        continue
+      try:
+        yield lineno, json.loads(line)
+      except json.JSONDecodeError as e:
+        _fail(stats, skip_invalid, f"{path}:{lineno}: malformed JSON: {e.msg} at column {e.colno}")
+
+
+def _fail(stats: ReadStats, skip_invalid: bool, message: str) -> None:
+  if not skip_invalid:
+    raise DataError(message)
+  stats.skipped += 1
+  if len(stats.errors) < 10:
+    stats.errors.append(message)
+
+
+def iter_records(path: str, parse: Callable[[Any], T], skip_invalid: bool = False,
+                 stats: ReadStats | None = None) -> Iterator[T]:
+  """Streams `parse(obj)` over a JSONL file; a ValueError/KeyError/TypeError becomes file:line."""
+  stats = stats if stats is not None else ReadStats()
+  for lineno, obj in iter_json_lines(path, skip_invalid, stats):
+    try:
+      rec = parse(obj)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+      msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+      _fail(stats, skip_invalid, f"{path}:{lineno}: {msg}")
+      continue
+    stats.records += 1
+    yield rec
+  if skip_invalid:
+    stats.report()
+
+
+def read_solutions(path: str, skip_invalid: bool = False, stats: ReadStats | None = None
+                   ) -> Iterator[Solution]:
+  return iter_records(path, Solution.from_dict, skip_invalid, stats)
+
+
+def read_problems(path: str, skip_invalid: bool = False, stats: ReadStats | None = None
+                  ) -> Iterator[Problem]:
+  return iter_records(path, Problem.from_dict, skip_invalid, stats)
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _dumps(rec) -> str:
+  d = rec.to_dict() if hasattr(rec, "to_dict") else rec
+  return json.dumps(d, ensure_ascii=False)
+
+
+def write_jsonl(path: str, records: Iterable[Any]) -> int:
+  """Writes all records atomically: readers see the old file or the complete new one, never half."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+  n = 0
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      for rec in records:
+        f.write(_dumps(rec) + "\n")
+        n += 1
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return n
+
+
+class JsonlAppender:
+  """Append-only JSONL for resumable jobs: a line is durable once `flush()` returns.
+
+  On open, a torn last line (the process was killed mid-write) is cut off, and `existing` counts the
+  complete records already there, so a job resumes exactly after the last durable record.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    self.existing = self._repair()
+    self._f = open(path, "a", encoding="utf-8")
+
+  def _repair(self) -> int:
+    if not os.path.exists(self.path):
+      return 0
+    with open(self.path, "rb+") as f:
+      data = f.read()
+      end = data.rfind(b"\n") + 1
+      if end != len(data):
+        f.truncate(end)
+    return data[:end].count(b"\n")
+
+  def write(self, rec: Any) -> None:
+    self._f.write(_dumps(rec) + "\n")
+
+  def flush(self) -> None:
+    self._f.flush()
+    os.fsync(self._f.fileno())
+
+  def close(self) -> None:
+    if not self._f.closed:
+      self.flush()
+      self._f.close()
+
+  def __enter__(self) -> "JsonlAppender":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

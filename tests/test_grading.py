@@ -1,0 +1,173 @@
+"""Answer extraction and grading: a table of cases reasoned out by hand, the shipped MATH sample,
+untrusted input, and the time bound."""
+
+import json
+import os
+import pathlib
+import time
+
+import pytest
+
+from prm_jax.grading import extract_answer, extract_boxed, grade_answer
+from tests.conftest import ROOT
+
+MATH_SAMPLE = ROOT.parent / "shared" / "data" / "prm800k" / "math_test.sample.jsonl"
+SHIPPED_MATH = ROOT / "tests" / "fixtures" / "math_test.sample.jsonl"
+
+T, F = True, False
+# (given, truth, expected) — each reasoned from the prm800k grading conventions.
+CASES = [
+    # --- integers, signs, integral floats
+    ("5", "5", T), ("5", "6", F), ("-3", "-3", T), ("-3", "3", F), ("6.0", "6", T), ("6.00", "6", T),
+    ("6.5", "6", F), ("+4", "4", T), ("0", "-0", T), ("1e3", "1000", T), ("007", "7", T),
+    # --- fractions: two plain fractions must match as written
+    ("\\frac{1}{2}", "\\frac12", T), ("\\dfrac{1}{2}", "\\frac{1}{2}", T), ("\\tfrac{1}{2}", "\\frac12", T),
+    ("1/2", "\\frac{1}{2}", T), ("2/4", "\\frac{1}{2}", F), ("\\frac{2}{4}", "\\frac{1}{2}", F),
+    ("\\frac{3}{4}", "\\frac{4}{3}", F), ("-\\frac{1}{2}", "\\frac{-1}{2}", T),
+    ("-\\frac{1}{2}", "\\frac{1}{2}", F), ("0.5", "\\frac{1}{2}", T), ("0.75", "\\frac34", T),
+    ("1.5", "\\frac{3}{2}", T), ("0.33", "\\frac{1}{3}", F), ("0.333", "\\frac13", F),
+    ("\\frac{10}{2}", "5", F), ("10/2", "5", F), ("\\frac{6}{3}", "2", F), ("\\frac{7}{2}", "3.5", T),
+    ("\\frac{1}{2}", "0.5", T), ("\\frac{22}{7}", "\\pi", F),
+    # --- mixed numbers
+    ("7\\frac{3}{4}", "\\frac{31}{4}", T), ("1\\frac12", "\\frac32", T), ("7 3/4", "\\frac{31}{4}", T),
+    ("7\\frac{3}{4}", "\\frac{21}{4}", F),
+    # --- radicals
+    ("\\sqrt{2}", "\\sqrt2", T), ("\\sqrt{8}", "2\\sqrt{2}", T), ("2\\sqrt2", "\\sqrt{8}", T),
+    ("3\\sqrt{2}", "\\sqrt{18}", T), ("\\sqrt{18}", "3\\sqrt{3}", F), ("\\sqrt[3]{2}", "\\sqrt{2}", F),
+    ("\\sqrt[3]{8}", "2", T), ("\\sqrt[3]{16}", "2\\sqrt[3]{2}", T), ("\\frac{\\sqrt{3}}{2}", "\\frac{1}{2}\\sqrt{3}", T),
+    ("\\frac{\\sqrt3}{3}", "\\frac{1}{\\sqrt3}", T), ("\\frac{\\sqrt{2}}{2}", "\\frac{\\sqrt{3}}{2}", F),
+    ("\\sqrt{2}", "1.41421356", F), ("1+\\sqrt{5}", "\\sqrt5+1", T), ("\\frac{1+\\sqrt5}{2}", "\\frac{1-\\sqrt5}{2}", F),
+    ("\\sqrt{x}", "x^{1/2}", T), ("\\sqrt{4}", "2", T),
+    # --- pi
+    ("\\pi", "\\pi", T), ("2\\pi", "2 \\pi", T), ("\\pi", "3.14", F), ("\\pi", "3.14159", F),
+    ("\\frac{\\pi}{2}", "\\frac12\\pi", T), ("\\frac{\\pi}{2}", "\\pi/2", T), ("4\\pi", "\\pi", F),
+    ("36\\pi", "36 \\pi", T), ("\\frac{3\\pi}{4}", "\\frac{3}{4}\\pi", T), ("2\\pi r", "2r\\pi", T),
+    # --- degrees
+    ("30^\\circ", "30", T), ("30^{\\circ}", "30", T), ("30°", "30", T), ("30", "30^\\circ", T),
+    ("45^\\circ", "30^\\circ", F), ("30 degrees", "30", T), ("120^\\circ", "\\frac{2\\pi}{3}", F),
+    # --- units
+    ("5 \\text{ cm}", "5", T), ("5\\text{ cm}^2", "5", T), ("12 inches", "12", T), ("12 \\text{inches}", "12", T),
+    ("3 \\text{ meters}", "4", F), ("10\\mbox{ feet}", "10", T), ("7 \\text{ days}", "7", T),
+    ("6 \\text{ units}^2", "6", T), ("2 hours", "2", T), ("2 \\text{ miles}", "3", F),
+    # --- money
+    ("\\$5.00", "5", T), ("\\$5", "\\$5.00", T), ("$5.50", "5.5", T), ("\\$5.50", "5.05", F),
+    ("\\$1,000", "1000", T), ("\\$0.29", "0.29", T), ("29", "0.29", F), ("\\$ 12", "12", T),
+    # --- percent
+    ("50\\%", "50", T), ("50%", "50", T), ("50\\%", "0.5", F), ("12.5\\%", "12.5", T), ("25\\%", "20\\%", F),
+    # --- thousands commas
+    ("1,000", "1000", T), ("1,000,000", "1000000", T), ("10,080", "10080", T), ("1,234.5", "1234.5", T),
+    ("1,000", "100", F), ("12,345", "12345", T),
+    # --- tuples and points
+    ("(1,2)", "(1, 2)", T), ("(1,2)", "(2,1)", F), ("(1,2,3)", "(1,2)", F), ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})", T),
+    ("(3, \\pi/2)", "\\left( 3, \\frac{\\pi}{2} \\right)", T), ("(0.5, 1)", "(\\frac12, 1)", T),
+    ("(2/4, 1)", "(\\frac12, 1)", F), ("(-1, \\sqrt{2})", "(-1,\\sqrt2)", T), ("(1,2)", "[1,2]", F),
+    ("(a, b)", "(a,b)", T), ("(1, -2, 3)", "(1,-2,3)", T), ("(1,-2,3)", "(1,2,3)", F),
+    # --- intervals and unions
+    ("[1,2)", "[1,2)", T), ("[1,2)", "(1,2)", F), ("[1,2)", "[1,2]", F), ("(-\\infty, 3]", "(-\\infty,3]", T),
+    ("(-\\infty,3)", "(-\\infty,3]", F), ("(-\\infty,1)\\cup(2,\\infty)", "(-\\infty, 1) \\cup (2, \\infty)", T),
+    ("(-\\infty,1)\\cup(2,\\infty)", "(-\\infty,1)\\cup[2,\\infty)", F), ("(-\\infty,1)", "(-\\infty,1)\\cup(2,\\infty)", F),
+    ("[\\frac12, 3]", "[0.5,3]", T), ("(0,\\infty)", "(0, \\infty)", T),
+    # --- sets and lists
+    ("\\{1,2\\}", "\\{1, 2\\}", T), ("2, 3", "2,3", T), ("2, 3", "3, 2", F), ("1, 2, 3", "1,2", F),
+    ("-1, 1", "-1,1", T), ("3 \\text{ and } 5", "3, 5", T), ("x=3 \\text{ or } x=5", "3, 5", F),
+    # --- matrices and vectors
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", T),
+    ("\\begin{pmatrix} 2/2 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", F),
+    ("\\begin{pmatrix} 0.5 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}\\frac12\\\\2\\end{pmatrix}", T),
+    ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", T),
+    ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{pmatrix}1&2\\\\4&3\\end{pmatrix}", F),
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1&2\\end{pmatrix}", F),
+    ("\\begin{bmatrix} -1 \\\\ \\sqrt{4} \\end{bmatrix}", "\\begin{pmatrix}-1\\\\2\\end{pmatrix}", T),
+    # --- x= prefixes (<= 2 characters of left-hand side)
+    ("x=5", "5", T), ("x = 5", "5", T), ("y=2x+3", "2x+3", T), ("k=4", "5", F), ("5", "x=5", T),
+    ("ab=6", "6", T), ("abc=6", "6", F), ("x=\\frac{1}{2}", "\\frac12", T),
+    # --- \text{}
+    ("\\text{(C)}", "C", T), ("\\text{(C)}", "(C)", T), ("\\text{(B)}", "C", F), ("\\text{Monday}", "Monday", T),
+    ("\\text{monday}", "\\text{Monday}", T), ("\\text{Tuesday}", "\\text{Monday}", F), ("\\textbf{(A)}", "A", T),
+    ("\\text{even}", "\\text{odd}", F),
+    # --- bases
+    ("40_9", "40_{9}", T), ("1010_2", "1010_{2}", T), ("1010_2", "1011_2", F), ("40_9", "36", F),
+    ("2112_3", "2112_{3}", T),
+    # --- algebraic forms
+    ("2x+3", "3+2x", T), ("x^2+2x+1", "(x+1)^2", T), ("x^2-1", "(x-1)(x+1)", T), ("x^2+1", "(x+1)^2", F),
+    ("x+\\frac12", "\\frac{x+1}{2}", F), ("\\frac{x+1}{2}", "\\frac{x}{2}+\\frac12", T), ("2(x+y)", "2x+2y", T),
+    ("3x^2", "3x^{2}", T), ("x^3", "x^2", F), ("a^2b", "ba^2", T), ("\\frac{1}{x}", "x^{-1}", T),
+    ("7i - 2", "-2+7i", T), ("3+4i", "4i+3", T), ("3-4i", "3+4i", F), ("2xy", "2yx", T),
+    ("x^2 + y^2", "y^2+x^2", T), ("(x-2)^2", "x^2-4x+4", T), ("(x-2)^2", "x^2-4", F),
+    ("\\frac{3x}{4}", "\\frac34x", T), ("10x", "10 \\cdot x", T), ("6 \\times 7", "42", T), ("3\\cdot 4", "12", T),
+    # --- factorials and powers
+    ("5!", "120", T), ("2^{10}", "1024", T), ("2^{10}", "1000", F), ("10^{3}", "1000", T),
+    # --- near misses
+    ("0.1", "0.10", T), ("0.1", "0.01", F), ("12", "21", F), ("100", "1000", F), ("-5", "5", F),
+    ("\\frac{5}{6}", "\\frac{6}{5}", F), ("3\\sqrt{5}", "5\\sqrt{3}", F), ("\\infty", "-\\infty", F),
+    ("", "5", F), (None, "5", F), ("5", None, F), ("\\frac{1}{0}", "1", F), ("x", "y", F),
+    ("5.0001", "5", F), ("1/3", "0.3333333", F),
+]
+
+
+@pytest.mark.parametrize("given,truth,want", CASES, ids=[f"{i}" for i in range(len(CASES))])
+def test_grading_table(given, truth, want):
+  assert grade_answer(given, truth) is want, (given, truth)
+
+
+def test_table_is_large_and_balanced():
+  assert len(CASES) >= 150
+  assert 0.3 < sum(w for *_, w in CASES) / len(CASES) < 0.7
+
+
+@pytest.mark.parametrize("given,truth,want", [
+    ("\\frac{1}{2}", "0.5", True), ("2x+3", "3+2x", True), ("\\sqrt{8}", "2\\sqrt{2}", True),
+    ("3", "4", False), ("(1,2)", "(2,1)", False)])
+def test_math_verify_mode(given, truth, want):
+  assert grade_answer(given, truth, mode="math_verify") is want
+
+
+def test_unknown_mode_is_an_error():
+  with pytest.raises(ValueError, match="grading mode 'sympy'"):
+    grade_answer("1", "1", mode="sympy")
+
+
+def test_extract_boxed_nested_and_last():
+  assert extract_boxed("so \\boxed{\\frac{1}{2}} or \\boxed{\\frac{\\sqrt{3}}{2}}.") == "\\frac{\\sqrt{3}}{2}"
+  assert extract_boxed("\\fbox{7}") == "7"
+  assert extract_boxed("answer \\boxed 5$.") == "5"
+  assert extract_boxed("no box") is None and extract_boxed("\\boxed{unclosed") is None
+  assert extract_answer("step\n\n# Answer\n\n40_9") == "40_9"
+  assert extract_answer("so \\boxed{3}") == "3"
+
+
+def test_extract_boxed_equals_answer_on_every_shipped_math_line():
+  path = MATH_SAMPLE if MATH_SAMPLE.exists() else SHIPPED_MATH
+  rows = [json.loads(l) for l in path.read_text().splitlines()]
+  assert len(rows) == 50
+  for row in rows:
+    assert extract_boxed(row["solution"]) == row["answer"], row["unique_id"]
+    assert grade_answer(extract_boxed(row["solution"]), row["answer"]), row["unique_id"]
+
+
+@pytest.mark.parametrize("mode", ["prm800k", "math_verify"])
+def test_untrusted_answers_are_never_executed(tmp_path, mode):
+  marker = tmp_path / "pwned"
+  payloads = [
+      f"__import__('os').system('touch {marker}')",
+      f"__import__(\"os\").system(\"touch {marker}\")",
+      f"\\frac{{__import__('os').system('touch {marker}')}}{{2}}",
+      f"(lambda: __import__('os').system('touch {marker}'))()",
+      f"exec(\"open('{marker}','w')\")",
+      f"x = eval(\"open('{marker}','w')\")",
+      f"\\boxed{{open('{marker}', 'w')}}",
+      f"().__class__.__bases__[0].__subclasses__()",
+  ]
+  for p in payloads:
+    assert grade_answer(p, "0", mode=mode) is False
+    assert grade_answer("0", p, mode=mode) is False
+  assert not marker.exists()
+
+
+def test_pathological_expressions_return_false_quickly():
+  for given in ["2^{2^{2^{2^{2^{2^{2}}}}}}", "9^{9^{9^{9}}}", "10^{10^{10}}", "(x+y+z)^{400}",
+                "\\frac{" * 200 + "1" + "}{2}" * 200, "1000!", "((((((((((x))))))))))" * 30,
+                "x^{x^{x^{x^{x}}}}"]:
+    t = time.perf_counter()
+    assert grade_answer(given, "1") is False
+    assert time.perf_counter() - t < 2.5, given

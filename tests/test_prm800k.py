@@ -1,0 +1,133 @@
+"""PRM800K, MATH and scored-samples readers on the shipped samples and hand-made edge cases."""
+
+import copy
+import json
+import math
+
+import pytest
+
+from prm_jax.data.math import read_math
+from prm_jax.data.prm800k import (expand_alternatives, parse_prm800k_row, read_any_solutions,
+                                  read_prm800k, read_scored_samples)
+from prm_jax.records import DataError, ReadStats
+from tests.conftest import FIXTURES
+
+P1 = FIXTURES / "prm800k" / "phase1_train.thirdparty_examples.jsonl"
+P2 = FIXTURES / "prm800k" / "phase2_train.thirdparty_examples.jsonl"
+SCORED = FIXTURES / "prm800k" / "scored_test_sample.thirdparty_example.jsonl"
+
+
+def rows(path):
+  return [json.loads(l) for l in path.read_text().splitlines()]
+
+
+def test_phase1_follows_chosen_and_human_completions():
+  sols = list(read_prm800k(str(P1)))
+  assert len(sols) == 3
+  first = sols[0]
+  assert first.finish_reason == "solution" and first.meta["phase"] == 1
+  # step 1 was rewritten by the labeller (a human completion object, not a string)
+  assert first.meta["human_steps"] == [1]
+  assert first.steps[1] == "We have $3p+e=1.24$ and $5p+e=1.82$."
+  assert first.step_labels == [1, None, 1, 1, 1, 1]
+  assert first.answer == "29" and first.is_correct is True
+  # the five -1 alternatives at step 1 and the other rated ones at step 5 are kept
+  alts = first.meta["alternatives"]
+  assert sum(a["step_index"] == 1 and a["rating"] == -1 for a in alts) == 5
+  assert {a["step_index"] for a in alts} == {1, 5}
+
+
+def test_phase1_give_up_stops_at_unrated_step():
+  give_up = list(read_prm800k(str(P1)))[1]
+  raw = rows(P1)[1]["label"]["steps"]
+  assert give_up.finish_reason == "give_up"
+  assert len(give_up.steps) == len(raw) - 1  # the last step's completions are all unrated
+  assert all(r["rating"] is None for r in raw[-1]["completions"])
+  assert give_up.answer is None and give_up.is_correct is None
+
+
+def test_phase2_found_error_stops_at_first_negative():
+  sols = list(read_prm800k(str(P2)))
+  assert len(sols) == 9
+  for s, row in zip(sols, rows(P2)):
+    assert s.meta["phase"] == 2 and s.finish_reason == "found_error"
+    assert s.step_labels[-1] == -1 and -1 not in s.step_labels[:-1]
+    last = row["label"]["steps"][len(s.steps) - 1]
+    assert last["chosen_completion"] is None
+    assert s.steps[-1] == last["completions"][0]["text"]  # the pre-generated step
+    # the answer: from the steps when the erroneous step is the answer line, else pre-generated
+    assert s.answer == row["question"]["pre_generated_answer"]
+    assert s.meta["answer_source"] == ("steps" if "# Answer" in s.steps[-1] else "pre_generated")
+  assert [s.is_correct for s in sols] == [False] * 9
+
+
+def test_expand_alternatives_yields_rated_prefix_examples():
+  sol = list(read_prm800k(str(P2)))[0]
+  out = list(expand_alternatives([sol]))
+  assert out[0] is sol and len(out) == 1 + len(sol.meta["alternatives"])
+  for alt, meta in zip(out[1:], sol.meta["alternatives"]):
+    j = meta["step_index"]
+    assert alt.steps[:j] == sol.steps[:j] and alt.steps[j] == meta["text"]
+    assert alt.step_labels == sol.step_labels[:j] + [meta["rating"]]
+
+
+def edited(row, fn):
+  row = copy.deepcopy(row)
+  fn(row)
+  return row
+
+
+def test_hand_made_edge_cases(tmp_path):
+  base = rows(P2)[2]
+  cases = {
+      "qc": edited(base, lambda r: r.update(is_quality_control_question=True)),
+      "screen": edited(base, lambda r: r.update(is_initial_screening_question=True)),
+      "bad": edited(base, lambda r: r["label"].update(finish_reason="bad_problem")),
+      "empty": edited(base, lambda r: r["label"].update(steps=[], finish_reason="give_up")),
+      "human_str": edited(base, lambda r: r["label"]["steps"][0].update(
+          chosen_completion=None, human_completion="My own step.")),
+  }
+  path = tmp_path / "edge.jsonl"
+  path.write_text("\n".join(json.dumps(cases[k]) for k in cases) + "\n")
+  stats = ReadStats()
+  got = list(read_prm800k(str(path), stats=stats))
+  assert stats.dropped == 3 and len(got) == 2
+  empty, human = got
+  assert empty.steps == [] and empty.step_labels == [] and empty.finish_reason == "give_up"
+  assert human.steps[0] == "My own step." and human.meta["human_steps"] == [0]
+  everything = list(read_prm800k(str(path), include_quality_control=True, include_screening=True,
+                                 include_bad_problem=True))
+  assert len(everything) == 5
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda r: r["label"]["steps"][0]["completions"][0].update(rating=2), "rating 2"),
+    (lambda r: r["label"]["steps"][0].update(chosen_completion=9), "out of range"),
+    (lambda r: r["label"].update(finish_reason="done"), "finish_reason 'done'"),
+    (lambda r: r.pop("question"), "'question'"),
+])
+def test_malformed_rows_fail_with_file_line(tmp_path, edit, needle):
+  good, bad = rows(P2)[0], edited(rows(P2)[1], edit)
+  path = tmp_path / "p.jsonl"
+  path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+  with pytest.raises(DataError, match=rf"p\.jsonl:2: .*{needle}"):
+    list(read_prm800k(str(path)))
+  stats = ReadStats()
+  assert len(list(read_prm800k(str(path), skip_invalid=True, stats=stats))) == 1
+  assert stats.skipped == 1
+
+
+def test_math_reader_on_shipped_sample():
+  probs = list(read_math(str(FIXTURES / "math_test.sample.jsonl")))
+  assert len(probs) == 50
+  assert probs[0].problem_id == "test/precalculus/807.json" and probs[0].level == 2
+  assert all(p.answer and p.subject for p in probs)
+
+
+def test_scored_samples_reader_and_any_format():
+  (s,) = list(read_scored_samples(str(SCORED)))
+  assert s.problem_id == "test/precalculus/779.json" and s.is_correct is True
+  assert math.isclose(math.prod(s.scores["prm_steps"]), s.scores["prm"], rel_tol=1e-9)
+  assert 0 <= s.scores["orm"] <= 1
+  kinds = [x.meta["source"] for p in (P1, SCORED) for x in read_any_solutions(str(p))]
+  assert kinds == ["prm800k"] * 3 + ["scored-samples"]
