@@ -35,7 +35,17 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
 
   c.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=8000, model_type="bpe"))
 
+  c.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data dir for tfds: sources
   c.train = ml_collections.ConfigDict(dict(
-      steps=1000, batch_size=32, seq_len=256, learning_rate=3e-4, warmup_steps=100,
-      weight_decay=0.1, b1=0.9, b2=0.95, grad_clip=1.0, log_every=50))
+      task="sft",                  # sft | orm | prm
+      data="",                     # PATH.jsonl (Solution, PRM800K or scored-samples) or tfds:NAME/SPLIT
+      expand_alternatives=True,    # PRM800K: every rated alternative step is an extra example
+      init_from="",                # reward models: an SFT workdir, or hf:PATH
+      steps=1000, batch_size=32, seq_len=256, pack=True, grad_accum=1,
+      learning_rate=3e-4, warmup_steps=100, weight_decay=0.1, b1=0.9, b2=0.95, grad_clip=1.0,
+      log_every=50, save_every=500, keep=3, async_checkpoint=True,
+      prm_mode="three_class",      # three_class | binary
+      neutral_is_positive=True,    # the paper: a neutral step counts as ok
+      class_weights=(1.0, 1.0, 1.0),  # (neg, neutral, pos)
+      orm_all_tokens=False))       # ORM: supervise every solution token, not only the last
   return c

@@ -15,12 +15,14 @@ from ml_collections import config_flags
 # command -> (config file in configs/, one-line help)
 COMMANDS = {
     "demo": ("demo.py", "run the embedded demo on a CPU"),
+    "train": ("base.py", "train the generator (sft) or a reward model (orm, prm): --task"),
     "describe": ("base.py", "print the mesh, parameter count and every parameter's sharding"),
     "convert": ("base.py", "PRM800K / scored-samples / MATH / Solution JSONL -> our JSONL records"),
     "build-tfds": ("base.py", "build the PRM800K or MATH TFDS dataset from downloaded files"),
     "train-tokenizer": ("base.py", "train a sentencepiece tokenizer on record files"),
 }
 
+flags.DEFINE_enum("task", None, ["sft", "orm", "prm"], "train: the task (overrides train.task)")
 flags.DEFINE_string("input", None, "input JSONL file")
 flags.DEFINE_multi_string("inputs", [], "input files (train-tokenizer; repeatable)")
 flags.DEFINE_string("output", None, "output file")
@@ -105,6 +107,14 @@ def main(argv: list[str] | None = None) -> None:
         demo.run(config)
       elif command == "describe":
         _describe(config)
+      elif command == "train":
+        from prm_jax.train.loop import train
+        if flags.FLAGS.task:
+          config.train.task = flags.FLAGS.task
+        summary = train(config)
+        print(f"{summary['task']}: stopped at step {summary['step']}"
+              + (" (preempted; checkpoint written, run again to resume)" if summary["preempted"]
+                 else f"; final params in {config.workdir}/params"))
       else:
         _data_command(command, config)
     except (ValueError, KeyError, FileNotFoundError) as e:  # bad input: one clear line

@@ -95,17 +95,27 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int = 4000, model_type
           if n >= max_lines:
             return
   buf = io.BytesIO()
+  try:
+    _train(lines(), buf, vocab_size, model_type)
+  except RuntimeError as e:
+    if "Vocabulary size is smaller than required" in str(e):
+      raise ValueError(f"vocab_size={vocab_size} is too small for this text: byte fallback needs "
+                       f"256 byte pieces plus every distinct character ({e})") from None
+    raise
+  tok = SentencePieceTokenizer(buf.getvalue())
+  if path:
+    tok.save(path)
+  return tok
+
+
+def _train(lines, buf, vocab_size, model_type):
   spm.SentencePieceTrainer.train(
-      sentence_iterator=lines(), model_writer=buf, vocab_size=vocab_size, model_type=model_type,
+      sentence_iterator=lines, model_writer=buf, vocab_size=vocab_size, model_type=model_type,
       byte_fallback=True, split_digits=True, normalization_rule_name="identity",
       add_dummy_prefix=False, remove_extra_whitespaces=False, character_coverage=1.0,
       pad_id=0, unk_id=1, bos_id=2, eos_id=3, user_defined_symbols=[NEWLINE],
       hard_vocab_limit=False, num_threads=os.cpu_count() or 1, minloglevel=2,
       max_sentence_length=1 << 16)
-  tok = SentencePieceTokenizer(buf.getvalue())
-  if path:
-    tok.save(path)
-  return tok
 
 
 @dataclasses.dataclass

@@ -5,20 +5,41 @@ computes in `dtype` (bf16 on accelerators).
 
 from __future__ import annotations
 
-import functools
-import time
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from tqdm.auto import tqdm
 
 from prm_jax import sharding
+from prm_jax.model import CausalLM, ModelConfig, RewardModel
+from prm_jax.train import losses
+
+TASKS = ("sft", "orm", "prm")
+
+
+def build_model(task: str, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
+  """The generator for `sft`, a reward model with the task's head for `orm` / `prm`."""
+  if task not in TASKS:
+    raise ValueError(f"task {task!r}; expected one of {TASKS}")
+  return CausalLM(cfg, rngs=rngs) if task == "sft" else RewardModel(cfg, task, rngs=rngs)
+
+
+def task_loss(task: str, tc: ml_collections.ConfigDict):
+  """loss_fn(model, batch) -> (loss, metrics) for the task, on the pipeline's packed batch."""
+  def logits(model, b):
+    return model(b["tokens"], b["positions"], b["segment_ids"])
+  if task == "sft":
+    return lambda m, b: losses.sft_task_loss(logits(m, b), b)
+  if task == "orm":
+    return lambda m, b: losses.orm_task_loss(logits(m, b), b, all_tokens=tc.orm_all_tokens)
+  if task == "prm":
+    return lambda m, b: losses.prm_task_loss(logits(m, b), b, tc.prm_mode, tc.neutral_is_positive,
+                                             tuple(tc.class_weights))
+  raise ValueError(f"task {task!r}; expected one of {TASKS}")
 
 
 class TrainState(NamedTuple):
@@ -31,9 +52,11 @@ def make_optimizer(tc: ml_collections.ConfigDict) -> optax.GradientTransformatio
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=tc.learning_rate, warmup_steps=max(1, tc.warmup_steps),
       decay_steps=max(tc.steps, tc.warmup_steps + 1), end_value=tc.learning_rate * 0.1)
-  return optax.chain(
+  tx = optax.chain(
       optax.clip_by_global_norm(tc.grad_clip),
       optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay))
+  accum = int(tc.get("grad_accum", 1))
+  return optax.MultiSteps(tx, every_k_schedule=accum) if accum > 1 else tx
 
 
 def _state_shardings(abstract: TrainState, mesh: Mesh, rules) -> TrainState:
@@ -63,39 +86,25 @@ LossFn = Callable[[nnx.Module, dict[str, jax.Array]], tuple[jax.Array, dict[str,
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, loss_fn: LossFn,
                     state_shardings: TrainState, batch_shardings, mesh: Mesh, rules):
-  """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings; `state` is donated."""
+  """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings; `state` is donated.
+
+  A step whose loss or gradient is not finite leaves the state unchanged and reports `finite=0`, so
+  the loop can stop with the last good state (and checkpoint) intact.
+  """
   def step(state: TrainState, batch):
     def loss_of(params):
       with sharding.use_rules(mesh, rules):
         return loss_fn(nnx.merge(graphdef, params), batch)
-    (_, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
-    return TrainState(state.step + 1, params, opt_state), metrics
+    new = TrainState(state.step + 1, params, opt_state)
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    metrics = dict(metrics, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
+    return new, metrics
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-
-
-def fit(step_fn, state: TrainState, batches: Iterator[dict[str, np.ndarray]], num_steps: int,
-        mesh: Mesh, rules, log_every: int = 50, desc: str = "train"
-        ) -> tuple[TrainState, list[dict[str, float]]]:
-  """Runs `num_steps` steps with a progress bar; returns the final state and the logged metrics."""
-  history = []
-  start = int(state.step)
-  bar = tqdm(total=num_steps, initial=0, desc=desc, dynamic_ncols=True, leave=True)
-  t0 = time.perf_counter()
-  for i in range(num_steps):
-    batch = sharding.shard_batch(next(batches), mesh, rules)
-    state, metrics = step_fn(state, batch)
-    if (i + 1) % log_every == 0 or i + 1 == num_steps:
-      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      m["step"] = start + i + 1
-      m["seconds"] = time.perf_counter() - t0
-      history.append(m)
-      bar.set_postfix(loss=f"{m['loss']:.4f}")
-    bar.update(1)
-  bar.close()
-  return state, history

@@ -1,0 +1,65 @@
+"""Training metrics: a JSONL file (one object per logged step), TensorBoard event files, and MFU."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+
+# Dense bf16 peak FLOP/s per device, for the MFU estimate (None: unknown, MFU not reported).
+PEAK_FLOPS = {"tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12,
+              "tpu v6 lite": 918e12, "tpu v6e": 918e12, "h100": 989e12, "h200": 989e12,
+              "a100": 312e12, "gh200": 989e12, "b200": 2250e12}
+
+
+def peak_flops_per_device() -> float | None:
+  kind = jax.devices()[0].device_kind.lower()
+  return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+
+
+def train_flops_per_token(num_params: int, num_layers: int, dim: int, seq_len: int) -> float:
+  """6N for the matmuls plus the attention score/value products (forward + backward)."""
+  return 6.0 * num_params + 12.0 * num_layers * dim * seq_len
+
+
+class MetricWriter:
+  """Appends metrics to `workdir/metrics.jsonl` and TensorBoard events under `workdir/tb` (process 0)."""
+
+  def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True):
+    self.enabled = enabled and jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if self.enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._drop_after(resume_step)  # steps past the restored checkpoint will be logged again
+      self._f = open(self.path, "a", encoding="utf-8")
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      except ImportError:  # TensorBoard files are optional; the JSONL is the record
+        self._tb = None
+
+  def _drop_after(self, step: int) -> None:
+    if not os.path.exists(self.path):
+      return
+    with open(self.path, encoding="utf-8") as f:
+      keep = [l for l in f if l.strip() and l.endswith("\n") and json.loads(l)["step"] <= step]
+    with open(self.path, "w", encoding="utf-8") as f:
+      f.writelines(keep)
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    self._f.write(json.dumps({"step": step, **metrics}) + "\n")
+    self._f.flush()
+    if self._tb is not None:
+      for k, v in metrics.items():
+        if isinstance(v, (int, float)) and v == v:
+          self._tb.add_scalar(k, v, step)
+
+  def close(self) -> None:
+    if self.enabled:
+      self._f.close()
+      if self._tb is not None:
+        self._tb.close()

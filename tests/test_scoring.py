@@ -1,0 +1,121 @@
+"""The vectorized scorer: aggregation against a NumPy reference, and packed scoring against scoring
+each solution alone."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from prm_jax.model import RewardModel
+from prm_jax.scoring import METHODS, aggregate_step_scores, pack_for_scoring, score_packed
+
+agg = jax.jit(aggregate_step_scores, static_argnums=(2, 3))
+
+
+def reference(probs, ids, n, method):
+  out = np.zeros(n)
+  for s in range(n):
+    p = [float(x) for x, i in zip(probs, ids) if i == s]
+    if p:
+      out[s] = {"prod": np.prod, "min": min, "last": lambda v: v[-1]}[method](p)
+  return out
+
+
+def random_case(rng):
+  n = int(rng.integers(1, 12))
+  s = int(rng.integers(0, 60))
+  ids = rng.integers(-2, n, size=s)  # negative ids are padding, some solutions get no steps
+  kind = rng.integers(0, 4, size=s)
+  probs = np.where(kind == 0, 0.0, np.where(kind == 1, 1.0, rng.random(s)))
+  return probs.astype(np.float32), ids.astype(np.int32), n
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_aggregation_matches_numpy_on_random_ragged_inputs(method):
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    probs, ids, n = random_case(rng)
+    # one compiled shape: pad to 64 steps (ids -1) and 12 solutions (the extra ones score 0)
+    p64 = np.pad(probs, (0, 64 - len(probs)), constant_values=0.7)
+    i64 = np.pad(ids, (0, 64 - len(ids)), constant_values=-1)
+    got = np.asarray(agg(jnp.asarray(p64), jnp.asarray(i64), 12, method))
+    assert not np.isnan(got).any()
+    np.testing.assert_allclose(got, reference(probs, ids, 12, method), rtol=2e-5, atol=1e-7)
+    assert (got[n:] == 0).all()
+  assert agg(jnp.zeros(0), jnp.zeros(0, jnp.int32), 3, method).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_aggregation_edge_cases():
+  probs = jnp.array([1.0, 0.0, 0.5, 1.0, 0.25], jnp.float32)
+  ids = jnp.array([0, 1, 1, -1, 3])
+  assert agg(probs, ids, 4, "prod").tolist() == [1.0, 0.0, 0.0, 0.25]  # 2: no steps -> 0.0
+  assert agg(probs, ids, 4, "min").tolist() == [1.0, 0.0, 0.0, 0.25]
+  assert agg(probs, ids, 4, "last").tolist() == [1.0, 0.5, 0.0, 0.25]
+  tiny = jnp.full((400,), 0.5, jnp.float32)  # 0.5^400 underflows float32 to 0 but never NaN
+  assert float(agg(tiny, jnp.zeros(400, jnp.int32), 1, "prod")[0]) >= 0.0
+  with pytest.raises(ValueError, match="aggregation method 'mean'"):
+    aggregate_step_scores(probs, ids, 4, "mean")
+
+
+@pytest.fixture(scope="module")
+def prm(tiny_cfg):
+  return RewardModel(tiny_cfg, "prm", rngs=nnx.Rngs(0))
+
+
+def random_solutions(rng, n, vocab=128):
+  out = []
+  for _ in range(n):
+    length = int(rng.integers(4, 30))
+    tokens = rng.integers(4, vocab, size=length).astype(np.int32)
+    ends = np.sort(rng.choice(np.arange(2, length), size=min(int(rng.integers(0, 5)), length - 2),
+                              replace=False)).astype(np.int32)
+    out.append((tokens, ends))
+  return out
+
+
+def test_packed_scores_equal_one_per_row_and_direct(prm):
+  rng = np.random.default_rng(1)
+  sols = random_solutions(rng, 13)
+  fn = jax.jit(lambda m, b: score_packed(m, b, max_steps=64, max_solutions=16))
+  results = {}
+  for pack in (True, False):
+    scores = {m: np.zeros(len(sols)) for m in METHODS}
+    batches = pack_for_scoring(sols, seq_len=64, rows=4, pack=pack)
+    for pb in batches:
+      out = fn(prm, {k: jnp.asarray(v) for k, v in pb.arrays.items()})
+      for m in METHODS:
+        scores[m][pb.solution_index] = np.asarray(out[m])[:len(pb.solution_index)]
+    results[pack] = (scores, len(batches))
+  assert results[True][1] < results[False][1]  # packing really used fewer rows
+  for m in METHODS:
+    np.testing.assert_allclose(results[True][0][m], results[False][0][m], atol=1e-5)
+  # direct: a full forward of each solution alone (right-padded to one compiled length)
+  alone = jax.jit(lambda m, x, seg: m(x, None, seg))
+  for i, (tokens, ends) in enumerate(sols):
+    x = np.zeros((1, 32), np.int32)
+    x[0, :len(tokens)] = tokens
+    logits = np.asarray(alone(prm, jnp.asarray(x), jnp.asarray((x > 0).astype(np.int32))))[0]
+    p_ok = 1 - np.asarray(jax.nn.softmax(logits, -1))[ends, 0]
+    want = float(np.prod(p_ok)) if len(ends) else 0.0
+    np.testing.assert_allclose(results[True][0]["prod"][i], want, rtol=1e-4, atol=1e-6)
+    if len(ends):
+      np.testing.assert_allclose(results[True][0]["min"][i], p_ok.min(), rtol=1e-4)
+      np.testing.assert_allclose(results[True][0]["last"][i], p_ok[-1], rtol=1e-4)
+
+
+def test_orm_scores_at_last_token(tiny_cfg):
+  orm = RewardModel(tiny_cfg, "orm", rngs=nnx.Rngs(0))
+  sols = random_solutions(np.random.default_rng(2), 5)
+  (pb,) = pack_for_scoring(sols, seq_len=128, rows=2)
+  out = jax.jit(lambda m, b: score_packed(m, b, 8, 8))(orm, {k: jnp.asarray(v) for k, v in
+                                                             pb.arrays.items()})
+  alone = jax.jit(lambda m, x, seg: m(x, None, seg))
+  for k, i in enumerate(pb.solution_index):
+    tokens = sols[i][0]
+    x = np.zeros((1, 32), np.int32)
+    x[0, :len(tokens)] = tokens
+    logits = alone(orm, jnp.asarray(x), jnp.asarray((x > 0).astype(np.int32)))
+    want = jax.nn.sigmoid(logits[0, len(tokens) - 1, 0])
+    np.testing.assert_allclose(out["orm"][k], want, rtol=1e-4)
+  assert np.all(np.asarray(out["orm"])[len(pb.solution_index):] == 0)

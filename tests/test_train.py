@@ -1,0 +1,275 @@
+"""The trainer: learning, checkpoints (SIGKILL resume, SIGTERM, divergence), meshes, metrics."""
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import base
+from prm_jax import sharding
+from prm_jax.data.pipeline import make_dataset, tokenize
+from prm_jax.tokenizer import IGNORE, train_sentencepiece
+from prm_jax.train import trainer
+from prm_jax.train.loop import TrainingDiverged, load_params, train
+from tests import synthetic_steps
+from tests.conftest import ROOT
+
+PRM_JAX = os.path.join(os.path.dirname(sys.executable), "prm-jax")
+
+
+@pytest.fixture(scope="module")
+def tok():
+  return train_sentencepiece(["Add.\n" + s.text for s in synthetic_steps.make(200, 9)],
+                             vocab_size=300)
+
+
+def tiny_config(workdir, task, steps, **train):
+  c = base.get_config("tiny")
+  c.workdir = str(workdir)
+  c.model.update(dict(vocab_size=320, dim=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                      mlp_dim=128, max_seq_len=64))
+  c.tokenizer.vocab_size = 300
+  c.train.update(dict(task=task, steps=steps, batch_size=16, seq_len=64, learning_rate=3e-3,
+                      warmup_steps=10, weight_decay=0.0, log_every=steps, save_every=steps))
+  c.train.update(train)
+  return c
+
+
+def test_prm_learns_step_labels_above_majority(tmp_path, tok):
+  train_sols, test_sols = synthetic_steps.make(600, 0), synthetic_steps.make(200, 1)
+  summary = train(tiny_config(tmp_path, "prm", 300), records=train_sols, tokenizer=tok)
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: trainer.build_model(
+      "prm", trainer.ModelConfig.from_dict(tiny_config(tmp_path, "prm", 1).model), nnx.Rngs(0))),
+      nnx.Param)
+  params = load_params(str(tmp_path / "params"), abstract)
+  model = nnx.merge(graphdef, params)
+  ds = make_dataset(test_sols, tok, seq_len=64, global_batch=200, seed=0, pack=False, num_epochs=1,
+                    shuffle=False)
+  batch = {k: jnp.asarray(v) for k, v in next(iter(ds)).items()}
+  pred = np.asarray(model(batch["tokens"], batch["positions"], batch["segment_ids"]).argmax(-1)) - 1
+  labels = np.asarray(batch["step_label"])
+  at = labels != IGNORE
+  acc = (pred[at] == labels[at]).mean()
+  majority = max(np.mean(labels[at] == c) for c in (-1, 0, 1))
+  assert summary["step"] == 300
+  assert acc > majority + 0.15, (acc, majority)
+
+
+def read_losses(workdir):
+  out = {}
+  for line in open(os.path.join(workdir, "metrics.jsonl")):
+    m = json.loads(line)
+    out[m["step"]] = m["loss"]
+  return out
+
+
+def launch(workdir, data, tok_path, steps=200, extra=()):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  args = [PRM_JAX, "train", "--task=sft", f"--config.workdir={workdir}", f"--config.train.data={data}",
+          f"--config.tokenizer.path={tok_path}", "--config.model.vocab_size=320",
+          "--config.model.dim=32", "--config.model.num_layers=1", "--config.model.mlp_dim=64",
+          "--config.model.num_heads=2", "--config.model.num_kv_heads=1",
+          f"--config.train.steps={steps}", "--config.train.batch_size=8", "--config.train.seq_len=64",
+          "--config.train.log_every=1", "--config.train.save_every=20",
+          "--config.train.warmup_steps=10", "--config.train.learning_rate=1e-2", *extra]
+  return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(workdir, step, proc, timeout=240):
+  path = os.path.join(workdir, "checkpoints", str(step))
+  t = time.time()
+  while not os.path.isdir(path):  # orbax renames the finished temp dir to N: N exists = complete
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert time.time() - t < timeout
+    time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory, tok):
+  d = tmp_path_factory.mktemp("sftdata")
+  tok.save(str(d / "tok.model"))
+  return synthetic_steps.write(d / "train.jsonl", synthetic_steps.make(400, 3)), str(d / "tok.model")
+
+
+def test_sigkill_resume_reproduces_the_uninterrupted_losses(tmp_path, sft_data):
+  data, tok_path = sft_data
+  ref = launch(tmp_path / "ref", data, tok_path)
+  out, err = ref.communicate(timeout=600)
+  assert ref.returncode == 0, err[-3000:]
+  want = read_losses(tmp_path / "ref")
+  assert sorted(want) == list(range(1, 201))
+
+  run = tmp_path / "killed"
+  p = launch(run, data, tok_path)
+  wait_for_checkpoint(run, 80, p)
+  p.send_signal(signal.SIGKILL)  # a real kill: no handler, no cleanup
+  p.wait()
+  assert p.returncode == -signal.SIGKILL
+  done = sorted(int(n) for n in os.listdir(run / "checkpoints") if n.isdigit())
+  assert done and done[-1] >= 80 and done[-1] < 200
+  p = launch(run, data, tok_path)
+  out, err = p.communicate(timeout=600)
+  assert p.returncode == 0, err[-3000:]
+  got = read_losses(run)
+  assert sorted(got) == list(range(1, 201))
+  resumed = [s for s in got if s > done[-1]]
+  assert len(resumed) >= 1
+  np.testing.assert_allclose([got[s] for s in resumed], [want[s] for s in resumed], atol=1e-6)
+
+
+def test_sigterm_checkpoints_and_exits_zero(tmp_path, sft_data):
+  data, tok_path = sft_data
+  p = launch(tmp_path, data, tok_path, steps=100000)
+  wait_for_checkpoint(tmp_path, 20, p)
+  p.send_signal(signal.SIGTERM)
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == 0, err[-3000:]
+  assert "preempted; checkpoint written" in out
+  steps = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
+  logged = max(read_losses(tmp_path))
+  assert steps[-1] == logged and steps[-1] > 20  # a checkpoint at the exact step it stopped
+
+
+def test_divergence_stops_and_keeps_finite_checkpoints(tmp_path, tok):
+  cfg = tiny_config(tmp_path, "sft", 50, learning_rate=1e30, warmup_steps=1, log_every=1,
+                    save_every=1, async_checkpoint=False, grad_clip=1e30)
+  with pytest.raises(TrainingDiverged, match="non-finite loss or gradient at step"):
+    train(cfg, records=synthetic_steps.make(100, 4), tokenizer=tok)
+  steps = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
+  assert steps  # the good steps before it were checkpointed
+  import orbax.checkpoint as ocp
+  from prm_jax.train.checkpoints import Checkpointer
+  raw = Checkpointer(str(tmp_path / "checkpoints"), 1).manager.restore(
+      steps[-1], args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  leaves = jax.tree.leaves(raw["state"])
+  assert leaves and all(np.isfinite(np.asarray(x)).all() for x in leaves)
+
+
+def test_prm_step_loss_same_on_meshes(tok):
+  sols = synthetic_steps.make(64, 5)
+  batch = next(iter(make_dataset(sols, tok, seq_len=64, global_batch=8, seed=0)))
+  cfg = trainer.ModelConfig.from_dict(tiny_config("/tmp", "prm", 1).model)
+  tc = tiny_config("/tmp", "prm", 10).train
+  tx = trainer.make_optimizer(tc)
+  losses = {}
+  for shape in [(1, 1, 1), (8, 1, 1), (2, 2, 2)]:
+    mesh = sharding.make_mesh(shape, devices=jax.devices()[:1] if shape == (1, 1, 1) else None)
+    model = sharding.init_sharded(lambda: trainer.build_model("prm", cfg, nnx.Rngs(0)), mesh,
+                                  sharding.DEFAULT_RULES)
+    graphdef, state, sh = trainer.create_train_state(model, tx, mesh, sharding.DEFAULT_RULES)
+    bsh = sharding.logical_sharding(("batch",), (8, 64), mesh, sharding.DEFAULT_RULES)
+    step = trainer.make_train_step(graphdef, tx, trainer.task_loss("prm", tc), sh,
+                                   {k: bsh for k in batch}, mesh, sharding.DEFAULT_RULES)
+    _, m = step(state, sharding.shard_batch(batch, mesh, sharding.DEFAULT_RULES))
+    losses[shape] = (float(m["loss"]), float(m["grad_norm"]))
+  for shape, got in losses.items():
+    np.testing.assert_allclose(got, losses[(1, 1, 1)], atol=1e-5, err_msg=str(shape))
+
+
+def read_tb_scalars(tb_dir):
+  from tensorboardX.proto import event_pb2
+  tags = set()
+  for name in os.listdir(tb_dir):
+    data = open(os.path.join(tb_dir, name), "rb").read()
+    i = 0
+    while i < len(data):  # TFRecord framing: length, crc, payload, crc
+      (n,) = struct.unpack("<Q", data[i:i + 8])
+      ev = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+      tags.update(v.tag for v in ev.summary.value)
+      i += 12 + n + 4
+  return tags
+
+
+def test_metrics_jsonl_and_tensorboard(tmp_path, tok):
+  train(tiny_config(tmp_path, "orm", 6, log_every=2), records=synthetic_steps.make(64, 6),
+        tokenizer=tok)
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [2, 4, 6]
+  assert {"loss", "outcome_accuracy", "grad_norm", "tokens_per_s"} <= set(rows[0])
+  assert rows[0]["tokens_per_s"] > 0
+  assert {"loss", "grad_norm", "tokens_per_s"} <= read_tb_scalars(tmp_path / "tb")
+
+
+def test_gradient_accumulation_updates_every_k_steps(tok):
+  cfg = trainer.ModelConfig.from_dict(tiny_config("/tmp", "sft", 1).model)
+  tc = tiny_config("/tmp", "sft", 10, grad_accum=2, warmup_steps=1).train
+  tx = trainer.make_optimizer(tc)
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  model = sharding.init_sharded(lambda: trainer.build_model("sft", cfg, nnx.Rngs(0)), mesh,
+                                sharding.DEFAULT_RULES)
+  graphdef, state, sh = trainer.create_train_state(model, tx, mesh, sharding.DEFAULT_RULES)
+  b = next(iter(make_dataset(synthetic_steps.make(64, 7), tok, seq_len=64, global_batch=8)))
+  bsh = sharding.logical_sharding(("batch",), (8, 64), mesh, sharding.DEFAULT_RULES)
+  step = trainer.make_train_step(graphdef, tx, trainer.task_loss("sft", tc), sh,
+                                 {k: bsh for k in b}, mesh, sharding.DEFAULT_RULES)
+  embed = lambda s: np.asarray(s.params["transformer"]["embed"][...])
+  e0 = embed(state)
+  for k in range(1, 5):
+    state, _ = step(state, sharding.shard_batch(b, mesh, sharding.DEFAULT_RULES))
+    if k == 1:
+      np.testing.assert_array_equal(embed(state), e0)  # first micro-step: accumulate only
+    if k == 4:
+      assert np.abs(embed(state) - e0).max() > 0  # steps 2 and 4 applied (lr 0 at the very first)
+
+
+def test_reward_model_init_from_generator_and_hf(tmp_path, tok):
+  from prm_jax.train.loop import _init_from
+  sft_dir = tmp_path / "sft"
+  train(tiny_config(sft_dir, "sft", 3), records=synthetic_steps.make(64, 8), tokenizer=tok)
+  cfg = trainer.ModelConfig.from_dict(tiny_config("/tmp", "prm", 1).model)
+  mesh = sharding.make_mesh((2, 2, 2))
+  rm = sharding.init_sharded(lambda: trainer.build_model("prm", cfg, nnx.Rngs(1)), mesh,
+                             sharding.DEFAULT_RULES)
+  head_before = np.asarray(rm.head_w[...])
+  _init_from(rm, str(sft_dir), cfg, mesh, sharding.DEFAULT_RULES)
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: trainer.build_model("sft", cfg, nnx.Rngs(0))),
+                                 nnx.Param)
+  lm = load_params(str(sft_dir / "params"), abstract)
+  np.testing.assert_array_equal(np.asarray(rm.transformer.embed[...]),
+                                np.asarray(lm["transformer"]["embed"][...]))
+  np.testing.assert_array_equal(np.asarray(rm.head_w[...]), head_before)  # the head stays fresh
+  assert rm.transformer.layers[0].mlp.up[...].sharding.spec == jax.sharding.PartitionSpec(
+      "fsdp", "tensor")
+  hf = ROOT / "tests" / "fixtures" / "hf" / "llama_gqa_untied"
+  hf_cfg = json.loads((hf / "config.json").read_text())
+  from prm_jax.model.hf_import import config_from_hf, load_hf_causal_lm
+  rm_cfg = config_from_hf(hf_cfg)
+  rm2 = trainer.build_model("orm", rm_cfg, nnx.Rngs(0))
+  _init_from(rm2, f"hf:{hf}", rm_cfg, sharding.make_mesh((8, 1, 1)), sharding.DEFAULT_RULES)
+  x = jnp.asarray(np.load(hf / "expected.npz")["tokens"])
+  np.testing.assert_allclose(rm2.hidden(x), load_hf_causal_lm(str(hf)).transformer(x)[0], atol=1e-5)
+
+
+def test_checkpoint_restores_onto_another_mesh_and_keeps_last_n(tmp_path, tok):
+  from prm_jax.train.checkpoints import Checkpointer, abstract_with_shardings
+  cfg = trainer.ModelConfig.from_dict(tiny_config("/tmp", "prm", 1).model)
+  tx = trainer.make_optimizer(tiny_config("/tmp", "prm", 10).train)
+  states = {}
+  for shape in [(8, 1, 1), (2, 2, 2)]:
+    mesh = sharding.make_mesh(shape)
+    model = sharding.init_sharded(lambda: trainer.build_model("prm", cfg, nnx.Rngs(int(shape[0]))),
+                                  mesh, sharding.DEFAULT_RULES)
+    states[shape] = trainer.create_train_state(model, tx, mesh, sharding.DEFAULT_RULES)
+  ck = Checkpointer(str(tmp_path / "ck"), save_every=1, keep=2)
+  for s in range(1, 5):
+    ck.save(s, states[(8, 1, 1)][1], {"iterator": {"s": s}})
+  ck.wait()
+  assert sorted(int(n) for n in os.listdir(tmp_path / "ck") if n.isdigit()) == [3, 4]
+  _, target, target_sh = states[(2, 2, 2)]
+  restored, data, step = ck.restore(abstract_with_shardings(target, target_sh))
+  assert step == 4 and data == {"iterator": {"s": 4}}
+  src = states[(8, 1, 1)][1].params["transformer"]["layers"][0]["attn"]["q_proj"][...]
+  got = restored.params["transformer"]["layers"][0]["attn"]["q_proj"][...]
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(src))
+  assert got.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  assert src.sharding.spec == jax.sharding.PartitionSpec()
+  ck.close()
