@@ -48,4 +48,7 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
       neutral_is_positive=True,    # the paper: a neutral step counts as ok
       class_weights=(1.0, 1.0, 1.0),  # (neg, neutral, pos)
       orm_all_tokens=False))       # ORM: supervise every solution token, not only the last
+  c.sample = ml_collections.ConfigDict(dict(
+      batch_size=64, max_new_tokens=256, temperature=1.0, top_k=0, top_p=1.0))
+  c.score = ml_collections.ConfigDict(dict(seq_len=1024, rows=16, chunk=512))
   return c

@@ -16,6 +16,8 @@ from ml_collections import config_flags
 COMMANDS = {
     "demo": ("demo.py", "run the embedded demo on a CPU"),
     "train": ("base.py", "train the generator (sft) or a reward model (orm, prm): --task"),
+    "sample": ("base.py", "N graded solutions per problem from a generator checkpoint"),
+    "score": ("base.py", "score Solution / PRM800K / scored-samples JSONL with an ORM or PRM"),
     "describe": ("base.py", "print the mesh, parameter count and every parameter's sharding"),
     "convert": ("base.py", "PRM800K / scored-samples / MATH / Solution JSONL -> our JSONL records"),
     "build-tfds": ("base.py", "build the PRM800K or MATH TFDS dataset from downloaded files"),
@@ -24,6 +26,11 @@ COMMANDS = {
 
 flags.DEFINE_enum("task", None, ["sft", "orm", "prm"], "train: the task (overrides train.task)")
 flags.DEFINE_string("input", None, "input JSONL file")
+flags.DEFINE_string("checkpoint", None, "sample/score: a training workdir (config.json, params/, "
+                    "tokenizer.model)")
+flags.DEFINE_string("problems", None, "sample: Problem or MATH JSONL")
+flags.DEFINE_integer("n", 1, "sample: samples per problem")
+flags.DEFINE_integer("seed", 0, "sample: random seed")
 flags.DEFINE_multi_string("inputs", [], "input files (train-tokenizer; repeatable)")
 flags.DEFINE_string("output", None, "output file")
 flags.DEFINE_enum("format", "auto", ["auto", "prm800k", "scored-samples", "solution", "math"],
@@ -107,6 +114,26 @@ def main(argv: list[str] | None = None) -> None:
         demo.run(config)
       elif command == "describe":
         _describe(config)
+      elif command == "sample":
+        from prm_jax.sampling import sample_to_file
+        _need("checkpoint", "problems", "output")
+        sc = config.sample
+        r = sample_to_file(flags.FLAGS.checkpoint, flags.FLAGS.problems, flags.FLAGS.output,
+                           flags.FLAGS.n, flags.FLAGS.seed, dict(
+                               batch_size=sc.batch_size, max_new_tokens=sc.max_new_tokens,
+                               temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p),
+                           flags.FLAGS["skip-invalid"].value)
+        print(f"sampled {r['written']} solutions for {r['problems']} problems "
+              f"({r['resumed_from']} already in {flags.FLAGS.output})")
+      elif command == "score":
+        from prm_jax.scoring import score_to_file
+        _need("checkpoint", "input", "output")
+        r = score_to_file(flags.FLAGS.checkpoint, flags.FLAGS.input, flags.FLAGS.output,
+                          flags.FLAGS["skip-invalid"].value,
+                          dict(seq_len=config.score.seq_len, rows=config.score.rows,
+                               chunk=config.score.chunk))
+        print(f"scored {r['written']} solutions into {r['output']} ({r['resumed_from']} already "
+              f"there, {r['skipped_invalid']} invalid skipped)")
       elif command == "train":
         from prm_jax.train.loop import train
         if flags.FLAGS.task:

@@ -146,3 +146,100 @@ def pack_for_scoring(encoded: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: 
         at += n
     out.append(PackedBatch(arrays, members, steps))
   return out
+
+
+# ----------------------------------------------------------------------------- the Python API
+
+class Scorer:
+  """Scores `Solution`s with a trained ORM or PRM (`prm-jax train --task orm|prm` workdir).
+
+      scorer = Scorer("runs/demo/prm")
+      scored = list(scorer.score(solutions))  # same records, in order, with `scores` filled in
+
+  PRM scores: `prm` (product), `prm_min`, `prm_last`, `prm_steps` (per-step P(ok)); ORM: `orm`.
+  Solutions longer than `seq_len` are scored on the whole steps that fit (`meta.scored_steps`).
+  """
+
+  def __init__(self, checkpoint: str, *, mesh=None, rules=None, seq_len: int = 1024,
+               rows: int = 16, chunk: int = 512, neutral_is_positive: bool = True):
+    from flax import nnx
+    from prm_jax import sharding
+    from prm_jax.train.checkpoints import load_trained
+    self.mesh = mesh or sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    rules = tuple(rules or sharding.DEFAULT_RULES)
+    model, self.cfg, self.tok, self.kind = load_trained(checkpoint, self.mesh, rules)
+    if self.kind not in ("orm", "prm"):
+      raise ValueError(f"{checkpoint} holds a {self.kind!r} model; scoring needs an orm or prm")
+    data = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    self.rows = max(data, rows - rows % data)
+    self.seq_len, self.chunk = seq_len, chunk
+    graphdef, self.params = nnx.split(model)
+    row = sharding.logical_sharding(("batch", None), (self.rows, seq_len), self.mesh, rules)
+    # every solution and step takes >= 2 tokens (text + newline), which bounds the static sizes
+    cap = self.rows * seq_len // 2
+    self._fn = sharding.jit_apply(
+        lambda m, b: score_packed(m, b, cap, cap, neutral_is_positive), graphdef,
+        sharding.state_shardings(self.params, self.mesh, rules),
+        ({k: row for k in ("tokens", "segment_ids", "positions", "solution_id", "step_end")},),
+        None, self.mesh, rules)
+
+  def _score_chunk(self, sols):
+    from prm_jax.tokenizer import encode_solution
+    enc = [encode_solution(self.tok, s.problem, s.steps, max_len=self.seq_len) for s in sols]
+    for pb in pack_for_scoring([(e.tokens, e.step_ends) for e in enc], self.seq_len, self.rows):
+      out = jax.device_get(self._fn(self.params, pb.arrays))
+      for k, i in enumerate(pb.solution_index):
+        s, e = sols[i], enc[i]
+        scores = dict(s.scores or {})
+        if self.kind == "orm":
+          scores["orm"] = float(out["orm"][k])
+        else:
+          steps = out["step_probs"][out["step_solution"] == k]
+          scores.update(prm=float(out["prod"][k]), prm_min=float(out["min"][k]),
+                        prm_last=float(out["last"][k]), prm_steps=[float(x) for x in steps])
+        s.scores = scores
+        if e.truncated_steps:
+          s.meta = dict(s.meta, scored_steps=len(s.steps) - e.truncated_steps)
+    return sols
+
+  def score(self, solutions):
+    """Yields the solutions, in input order, with their scores."""
+    chunk = []
+    for s in solutions:
+      chunk.append(s)
+      if len(chunk) == self.chunk:
+        yield from self._score_chunk(chunk)
+        chunk = []
+    if chunk:
+      yield from self._score_chunk(chunk)
+
+
+def score_to_file(checkpoint: str, input_path: str, output: str, skip_invalid: bool = False,
+                  scorer_kwargs: dict | None = None) -> dict:
+  """`prm-jax score`: streams scored records to `output` in input order; resumes after a kill.
+
+  Multi-host: process p scores records p, p+P, ... into `output.p-of-P`.
+  """
+  import itertools
+  from tqdm.auto import tqdm
+  from prm_jax.data.prm800k import read_any_solutions
+  from prm_jax.records import JsonlAppender, ReadStats
+  pid, nproc = jax.process_index(), jax.process_count()
+  path = output if nproc == 1 else f"{output}.{pid}-of-{nproc}"
+  stats = ReadStats()
+  mine = (s for i, s in enumerate(read_any_solutions(input_path, skip_invalid, stats))
+          if i % nproc == pid)
+  with JsonlAppender(path) as out:
+    done = out.existing
+    scorer = Scorer(checkpoint, **(scorer_kwargs or {}))
+    bar = tqdm(desc="score", unit=" sol", initial=done, disable=None)
+    written = 0
+    for k, s in enumerate(scorer.score(itertools.islice(mine, done, None))):
+      out.write(s)
+      written += 1
+      if (k + 1) % scorer.chunk == 0:
+        out.flush()
+      bar.update(1)
+    bar.close()
+  return {"resumed_from": done, "written": written, "skipped_invalid": stats.skipped,
+          "output": path}

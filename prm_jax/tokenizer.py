@@ -71,7 +71,7 @@ class SentencePieceTokenizer:
       if i == self.nl_id:
         lines.append(self.sp.decode(cur))
         cur = []
-      elif i not in (self.pad_id, self.bos_id, self.eos_id):
+      elif i not in (self.pad_id, self.bos_id, self.eos_id) and 0 <= i < self.vocab_size:
         cur.append(i)
     lines.append(self.sp.decode(cur))
     return "\n".join(lines)

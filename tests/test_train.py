@@ -19,7 +19,8 @@ from prm_jax import sharding
 from prm_jax.data.pipeline import make_dataset, tokenize
 from prm_jax.tokenizer import IGNORE, train_sentencepiece
 from prm_jax.train import trainer
-from prm_jax.train.loop import TrainingDiverged, load_params, train
+from prm_jax.train.checkpoints import load_params
+from prm_jax.train.loop import TrainingDiverged, train
 from tests import synthetic_steps
 from tests.conftest import ROOT
 

@@ -20,7 +20,6 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -30,7 +29,8 @@ from prm_jax.model import ModelConfig
 from prm_jax.records import Solution
 from prm_jax.tokenizer import SentencePieceTokenizer, train_sentencepiece
 from prm_jax.train import trainer
-from prm_jax.train.checkpoints import Checkpointer, abstract_with_shardings
+from prm_jax.train.checkpoints import (Checkpointer, abstract_with_shardings, export_params,
+                                      load_params)
 from prm_jax.train.metrics import MetricWriter, peak_flops_per_device, train_flops_per_token
 
 
@@ -62,20 +62,7 @@ def tokenizer_for(config, records, decode, workdir: str):
     tok = train_sentencepiece((s.problem + "\n" + s.text for s in texts),
                               vocab_size=config.tokenizer.vocab_size,
                               model_type=config.tokenizer.model_type)
-  if jax.process_index() == 0:
-    tok.save(saved)
   return tok
-
-
-def export_params(path: str, params) -> None:
-  ckpt = ocp.StandardCheckpointer()
-  ckpt.save(os.path.abspath(path), params, force=True)
-  ckpt.wait_until_finished()
-
-
-def load_params(path: str, abstract_params) -> Any:
-  """Restores exported params onto the shardings carried by `abstract_params`."""
-  return ocp.StandardCheckpointer().restore(os.path.abspath(path), abstract_params)
 
 
 def _init_from(model, spec: str, cfg: ModelConfig, mesh, rules) -> None:
@@ -109,6 +96,8 @@ def train(config: ml_collections.ConfigDict, records: Sequence[Solution] | None 
       raise ValueError("no training data: set --config.train.data=PATH.jsonl or tfds:NAME/SPLIT")
     records, decode = load_records(tc.data, tc.expand_alternatives, config.get("data_dir"))
   tok = tokenizer or tokenizer_for(config, records, decode, workdir)
+  if jax.process_index() == 0:  # a finished run is self-contained: sampling/scoring read it back
+    tok.save(os.path.join(workdir, "tokenizer.model"))
   model_dict = dict(config.model.to_dict())
   if model_dict["vocab_size"] < tok.vocab_size:
     raise ValueError(f"model vocab_size {model_dict['vocab_size']} < tokenizer's {tok.vocab_size}")

@@ -1,0 +1,212 @@
+"""The KV-cache sampler and the sample/score commands (real subprocesses, real SIGKILL)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import base
+from prm_jax.model import CausalLM, KVCache
+from prm_jax.records import Problem, read_solutions
+from prm_jax.sampling import (SamplingConfig, Sampler, apply_top_k, apply_top_p, generate, left_pad,
+                              row_keys)
+from prm_jax.scoring import Scorer
+from prm_jax.tokenizer import train_sentencepiece
+from prm_jax.train.loop import train
+from tests import synthetic_steps
+
+PRM_JAX = os.path.join(os.path.dirname(sys.executable), "prm-jax")
+
+
+def test_top_k_and_top_p_masks():
+  logits = jnp.log(jnp.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+  kept = lambda x: (np.asarray(x) > -1e29).astype(int).tolist()
+  assert kept(apply_top_k(logits, 2)) == [[1, 1, 0, 0, 0]]
+  assert kept(apply_top_k(logits, 0)) == [[1, 1, 1, 1, 1]]
+  assert kept(apply_top_p(logits, 0.5)) == [[1, 0, 0, 0, 0]]   # 0.5 alone reaches p
+  assert kept(apply_top_p(logits, 0.6)) == [[1, 1, 0, 0, 0]]
+  assert kept(apply_top_p(logits, 0.86)) == [[1, 1, 1, 1, 0]]  # 0.85 < 0.86 needs the 4th
+  assert kept(apply_top_p(logits, 0.01)) == [[1, 0, 0, 0, 0]]  # the top token always stays
+  shuffled = logits[:, ::-1]
+  assert kept(apply_top_p(shuffled, 0.6)) == [[0, 0, 0, 1, 1]]
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_greedy_kv_cache_equals_full_forward_argmax(tiny_cfg, scan):
+  model = CausalLM(tiny_cfg.replace(scan_layers=scan), rngs=nnx.Rngs(0))
+  prompts = [[2, 10, 11, 12, 4], [2, 20, 4], [2, 30, 31, 4]]
+  tok, pos = left_pad(prompts, 8, 0)
+  sc = SamplingConfig(max_new_tokens=12, temperature=0.0, eos_id=127, nl_id=126)
+  cache = KVCache.init(model.cfg, 3, 20)
+  out, lens, _ = jax.jit(generate, static_argnums=5)(model, cache, tok, pos, row_keys(0, "abc", [0] * 3), sc)
+  full = jax.jit(lambda m, x: m(x))
+  for r, p in enumerate(prompts):
+    seq = list(p)
+    for i in range(int(lens[r])):
+      x = np.zeros((1, 24), np.int32)
+      x[0, :len(seq)] = seq
+      ref = full(model, x)[0, len(seq) - 1].at[sc.pad_id].set(-jnp.inf).at[sc.bos_id].set(-jnp.inf)
+      assert int(jnp.argmax(ref)) == int(out[r, i])  # (pad and BOS are never sampled)
+      seq.append(int(out[r, i]))
+
+
+class Scripted:
+  """A stand-in model whose next token is a fixed script indexed by position (tests the loop logic)."""
+
+  def __init__(self, script, vocab=16):
+    self.script, self.vocab = jnp.asarray(script), vocab
+
+  def decode(self, tokens, cache, positions):
+    nxt = self.script[jnp.clip(positions + 1, 0, len(self.script) - 1)]
+    return jax.nn.one_hot(nxt, self.vocab) * 50.0, cache
+
+
+def run_script(script, sc, prompt_len=2):
+  cache = KVCache(jnp.zeros((1, 1, 1, 1, 2)), jnp.zeros((1, 1, 1, 1, 2)), jnp.zeros((1, 1), jnp.int32),
+                  jnp.zeros((), jnp.int32))
+  tok, pos = left_pad([script[:prompt_len]], prompt_len, 0)
+  out, lens, _ = jax.jit(lambda c, t, p, k: generate(Scripted(script), c, t, p, k, sc))(
+      cache, tok, pos, row_keys(0, ["x"], [0]))
+  return np.asarray(out)[0].tolist(), int(lens[0])
+
+
+def test_eos_stops_and_pads():
+  sc = SamplingConfig(max_new_tokens=8, temperature=0.0, eos_id=3, nl_id=4, pad_id=0, bos_id=2)
+  out, n = run_script([2, 4, 7, 8, 3, 9, 9, 9, 9, 9, 9], sc)
+  assert out == [7, 8, 3, 0, 0, 0, 0, 0] and n == 3
+
+
+def test_stops_after_the_answer_line():
+  # "# Answer" is tokens (5, 6); the row stops at the newline that ends the line after it
+  sc = SamplingConfig(max_new_tokens=12, temperature=0.0, eos_id=3, nl_id=4, pad_id=0, bos_id=2,
+                      answer_header=(5, 6))
+  out, n = run_script([2, 4, 7, 4, 5, 6, 4, 9, 9, 4, 7, 7, 7, 7], sc)
+  assert out[:n] == [7, 4, 5, 6, 4, 9, 9, 4] and all(t == 0 for t in out[n:])
+  out, n = run_script([2, 4, 5, 7, 4, 9, 4, 7, 7, 7, 7, 7, 7, 7], sc)  # "5 7" is not the header
+  assert n == 12
+
+
+# ----------------------------------------------------------------------------- trained checkpoints
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """A tiny generator (SFT) and PRM trained on the synthetic step task."""
+  root = tmp_path_factory.mktemp("runs")
+  sols = synthetic_steps.make(300, 11)
+  tok = train_sentencepiece(["Add.\n" + s.text for s in sols], vocab_size=300)
+  out = {}
+  for task in ("sft", "prm"):
+    c = base.get_config("tiny")
+    c.workdir = str(root / task)
+    c.model.update(dict(vocab_size=320, dim=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                        mlp_dim=64, max_seq_len=64))
+    c.train.update(dict(task=task, steps=60, batch_size=16, seq_len=64, learning_rate=1e-2,
+                        warmup_steps=5, log_every=60, save_every=60))
+    train(c, records=sols, tokenizer=tok)
+    out[task] = str(root / task)
+  problems = root / "problems.jsonl"
+  problems.write_text("".join(json.dumps({"problem_id": f"q{i}", "problem": "Add.", "answer": str(i % 9)})
+                              + "\n" for i in range(40)))
+  out["problems"] = str(problems)
+  solutions = root / "solutions.jsonl"
+  synthetic_steps.write(solutions, synthetic_steps.make(2000, 12))  # long enough to kill mid-run
+  out["solutions"] = str(solutions)
+  return out
+
+
+def test_sampler_is_deterministic_per_seed_and_batch_independent(runs):
+  problems = [Problem(f"q{i}", "Add.", "4") for i in range(5)]
+  a = Sampler(runs["sft"], batch_size=4, max_new_tokens=24, temperature=1.0).sample(problems, 3, seed=7)
+  b = Sampler(runs["sft"], batch_size=16, max_new_tokens=24, temperature=1.0).sample(problems, 3, seed=7)
+  c = Sampler(runs["sft"], batch_size=4, max_new_tokens=24, temperature=1.0).sample(problems, 3, seed=8)
+  key = lambda s: (s.problem_id, s.meta["sample_idx"])
+  assert Sampler(runs["sft"], batch_size=4).batch_size == 8   # rounded to the 8-device data axis
+  assert len(a) == 15 and sorted(map(key, a)) == sorted(map(key, b))
+  by = {key(s): s.steps for s in b}
+  assert all(s.steps == by[key(s)] for s in a)          # same seed: same samples, any batching
+  assert [s.steps for s in a] != [s.steps for s in c]   # another seed: other samples
+  assert all(s.finish_reason in ("eos", "answer", "length") for s in a)
+  assert all(isinstance(s.is_correct, bool) for s in a)
+
+
+def launch(*args):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  return subprocess.Popen([PRM_JAX, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def kill_after(proc, path, lines, timeout=240):
+  t = time.time()
+  while not (os.path.exists(path) and open(path).read().count("\n") >= lines):
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert time.time() - t < timeout
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+
+
+def test_sample_resumes_after_sigkill_without_duplicates(runs, tmp_path):
+  args = ["sample", f"--checkpoint={runs['sft']}", f"--problems={runs['problems']}", "--n=4",
+          "--seed=3", "--config.sample.batch_size=8", "--config.sample.max_new_tokens=32"]
+  ref = launch(*args, f"--output={tmp_path / 'ref.jsonl'}")
+  assert ref.wait(timeout=300) == 0, ref.communicate()[1][-3000:]
+  out = tmp_path / "out.jsonl"
+  p = launch(*args, f"--output={out}")
+  kill_after(p, out, 16)
+  assert p.returncode == -signal.SIGKILL
+  partial = out.read_text().count("\n")
+  assert 16 <= partial < 160
+  p = launch(*args, f"--output={out}")
+  stdout, stderr = p.communicate(timeout=300)
+  assert p.returncode == 0, stderr[-3000:]
+  got = {(s.problem_id, s.meta["sample_idx"]): s for s in read_solutions(str(out))}
+  want = {(s.problem_id, s.meta["sample_idx"]): s for s in read_solutions(str(tmp_path / "ref.jsonl"))}
+  assert len(got) == sum(1 for _ in read_solutions(str(out))) == 160  # no duplicate, none missing
+  assert got.keys() == want.keys()
+  assert all(got[k].steps == want[k].steps for k in want)  # the resumed rows are the same samples
+
+
+def test_score_resumes_after_sigkill_and_matches_the_scorer(runs, tmp_path):
+  args = ["score", f"--checkpoint={runs['prm']}", f"--input={runs['solutions']}",
+          "--config.score.seq_len=64", "--config.score.rows=4", "--config.score.chunk=8"]
+  out = tmp_path / "scored.jsonl"
+  p = launch(*args, f"--output={out}")
+  kill_after(p, out, 32)
+  partial = out.read_text().count("\n")
+  assert 32 <= partial < 2000
+  p = launch(*args, f"--output={out}")
+  stdout, stderr = p.communicate(timeout=300)
+  assert p.returncode == 0, stderr[-3000:]
+  assert f"({partial} already there" in stdout or partial == 0
+  got = list(read_solutions(str(out)))
+  src = list(read_solutions(runs["solutions"]))
+  assert [s.problem_id for s in got] == [s.problem_id for s in src]  # input order, nothing lost
+  direct = list(Scorer(runs["prm"], seq_len=64, rows=4).score(src))
+  for g, d in zip(got, direct):
+    for k in ("prm", "prm_min", "prm_last"):
+      assert g.scores[k] == pytest.approx(d.scores[k], abs=1e-5)
+    np.testing.assert_allclose(g.scores["prm_steps"], d.scores["prm_steps"], atol=1e-5)
+    assert len(g.scores["prm_steps"]) == len(g.steps)
+    assert g.scores["prm"] == pytest.approx(float(np.prod(g.scores["prm_steps"])), rel=1e-4)
+
+
+def test_score_rejects_bad_lines_or_skips_them(runs, tmp_path):
+  bad = tmp_path / "bad.jsonl"
+  lines = open(runs["solutions"]).read().splitlines()[:5]
+  bad.write_text("\n".join(lines[:2] + ['{"problem_id": "x"'] + lines[2:]) + "\n")
+  p = launch("score", f"--checkpoint={runs['prm']}", f"--input={bad}", f"--output={tmp_path / 'o.jsonl'}")
+  _, err = p.communicate(timeout=300)
+  assert p.returncode == 1 and f"{bad}:3: malformed JSON" in err
+  p = launch("score", f"--checkpoint={runs['prm']}", f"--input={bad}",
+             f"--output={tmp_path / 'o2.jsonl'}", "--skip-invalid")
+  out, err = p.communicate(timeout=300)
+  assert p.returncode == 0 and "1 invalid skipped" in out
+  assert len(list(read_solutions(str(tmp_path / "o2.jsonl")))) == 5
