@@ -18,6 +18,8 @@ COMMANDS = {
     "train": ("base.py", "train the generator (sft) or a reward model (orm, prm): --task"),
     "sample": ("base.py", "N graded solutions per problem from a generator checkpoint"),
     "score": ("base.py", "score Solution / PRM800K / scored-samples JSONL with an ORM or PRM"),
+    "bon-eval": ("base.py", "best-of-N solve rates (PRM, ORM, majority, weighted vote) + plot"),
+    "process-eval": ("base.py", "step-level metrics: earliest-error F1, AUROC, calibration"),
     "describe": ("base.py", "print the mesh, parameter count and every parameter's sharding"),
     "convert": ("base.py", "PRM800K / scored-samples / MATH / Solution JSONL -> our JSONL records"),
     "build-tfds": ("base.py", "build the PRM800K or MATH TFDS dataset from downloaded files"),
@@ -29,7 +31,10 @@ flags.DEFINE_string("input", None, "input JSONL file")
 flags.DEFINE_string("checkpoint", None, "sample/score: a training workdir (config.json, params/, "
                     "tokenizer.model)")
 flags.DEFINE_string("problems", None, "sample: Problem or MATH JSONL")
-flags.DEFINE_integer("n", 1, "sample: samples per problem")
+flags.DEFINE_string("n", "1", "sample: samples per problem; bon-eval: comma-separated N values")
+flags.DEFINE_integer("trials", 400, "bon-eval: random subsets per N")
+flags.DEFINE_string("out", None, "bon-eval / process-eval: output folder")
+flags.DEFINE_float("dev-fraction", 0.5, "process-eval: share of problems used to pick the threshold")
 flags.DEFINE_integer("seed", 0, "sample: random seed")
 flags.DEFINE_multi_string("inputs", [], "input files (train-tokenizer; repeatable)")
 flags.DEFINE_string("output", None, "output file")
@@ -61,6 +66,13 @@ def _describe(config) -> None:
         f"{cfg.num_params() / 1e6:.1f}M parameters")
   for name, shape, spec in sharding.spec_table(state, mesh, tuple(config.rules)):
     print(f"  {name:40s} {str(shape):22s} {spec}")
+
+
+def _int_flag(name: str) -> int:
+  try:
+    return int(flags.FLAGS[name].value)
+  except ValueError:
+    raise ValueError(f"--{name} must be an integer here, got {flags.FLAGS[name].value!r}") from None
 
 
 def _need(*names: str) -> None:
@@ -119,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         _need("checkpoint", "problems", "output")
         sc = config.sample
         r = sample_to_file(flags.FLAGS.checkpoint, flags.FLAGS.problems, flags.FLAGS.output,
-                           flags.FLAGS.n, flags.FLAGS.seed, dict(
+                           _int_flag("n"), flags.FLAGS.seed, dict(
                                batch_size=sc.batch_size, max_new_tokens=sc.max_new_tokens,
                                temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p),
                            flags.FLAGS["skip-invalid"].value)
@@ -134,6 +146,20 @@ def main(argv: list[str] | None = None) -> None:
                                chunk=config.score.chunk))
         print(f"scored {r['written']} solutions into {r['output']} ({r['resumed_from']} already "
               f"there, {r['skipped_invalid']} invalid skipped)")
+      elif command in ("bon-eval", "process-eval"):
+        from prm_jax import evaluation
+        from prm_jax.data.prm800k import read_any_solutions
+        _need("input", "out")
+        sols = list(read_any_solutions(flags.FLAGS.input, flags.FLAGS["skip-invalid"].value))
+        if command == "bon-eval":
+          ns = [int(x) for x in flags.FLAGS.n.split(",") if x.strip()]
+          r = evaluation.run_bon_eval(sols, ns, flags.FLAGS.trials, flags.FLAGS.seed, flags.FLAGS.out)
+          print(evaluation.markdown_table(r))
+        else:
+          r = evaluation.run_process_eval(sols, flags.FLAGS.out, flags.FLAGS["dev-fraction"].value)
+          print(f"earliest-error F1 {100 * r['test']['f1']:.1f} (threshold {r['threshold']:.2f}), "
+                f"step AUROC {r['step_auroc']:.3f}, ECE {r['calibration']['ece']:.3f}")
+        print(f"wrote {flags.FLAGS.out}")
       elif command == "train":
         from prm_jax.train.loop import train
         if flags.FLAGS.task:

@@ -1,0 +1,312 @@
+"""Best-of-N evaluation as in the paper, vectorized over trials with NumPy.
+
+For each N and each problem: pad the problem's pool to the full pool size with "discarded" entries,
+draw a random subset of N (T trials at once), drop entries without an answer, and pick a solution by
+max PRM score, max ORM score, majority vote over *equivalent* answers, or RM-weighted vote. The solve
+rate is averaged over problems; mean and std are over trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from prm_jax import grading
+from prm_jax.records import Solution
+
+METHODS = ("prm", "orm", "majority", "weighted")
+
+
+@dataclasses.dataclass
+class ProblemPool:
+  """One problem's samples as arrays (length = samples in the pool)."""
+
+  problem_id: str
+  correct: np.ndarray   # bool
+  valid: np.ndarray     # bool: has an answer
+  group: np.ndarray     # int: equivalence class of the answer (-1 without answer)
+  scores: dict[str, np.ndarray]  # method -> float scores (prm, orm), where present
+
+
+def group_answers(answers: Sequence[str | None], mode: str = "prm800k") -> np.ndarray:
+  """Equivalence-class id per answer, classes numbered by first appearance (None -> -1)."""
+  reps: list[str] = []
+  norm_to_group: dict[str, int] = {}
+  out = np.full(len(answers), -1, np.int64)
+  for i, a in enumerate(answers):
+    if a is None or not str(a).strip():
+      continue
+    key = grading.normalize(str(a)) or str(a)
+    if key not in norm_to_group:
+      g = next((k for k, r in enumerate(reps) if grading.grade_answer(a, r, mode)), None)
+      if g is None:
+        g = len(reps)
+        reps.append(str(a))
+      norm_to_group[key] = g
+    out[i] = norm_to_group[key]
+  return out
+
+
+def build_pools(solutions: Iterable[Solution], mode: str = "prm800k") -> list[ProblemPool]:
+  by_problem: dict[str, list[Solution]] = {}
+  for s in solutions:
+    by_problem.setdefault(s.problem_id, []).append(s)
+  pools = []
+  for pid, sols in by_problem.items():
+    answers = [s.answer for s in sols]
+    correct = []
+    for s in sols:
+      c = s.is_correct
+      if c is None and s.answer is not None and s.ground_truth_answer is not None:
+        c = grading.grade_answer(s.answer, s.ground_truth_answer, mode)
+      correct.append(bool(c))
+    scores = {}
+    for m in ("prm", "orm"):
+      vals = [(s.scores or {}).get(m) for s in sols]
+      if all(v is not None for v in vals):
+        scores[m] = np.asarray(vals, np.float64)
+    pools.append(ProblemPool(pid, np.asarray(correct), np.asarray([a is not None for a in answers]),
+                             group_answers(answers, mode), scores))
+  return pools
+
+
+def _vote(groups, weights, correct_of_group):
+  """Per trial, whether the top-voted group is correct. groups/weights: [T, N] (-1 group: none)."""
+  t = groups.shape[0]
+  g = int(groups.max()) + 1 if groups.size else 0
+  if g == 0:
+    return np.zeros(t, bool)
+  tally = np.zeros((t, g))
+  rows = np.repeat(np.arange(t), groups.shape[1])
+  ok = groups.reshape(-1) >= 0
+  np.add.at(tally, (rows[ok], groups.reshape(-1)[ok]), weights.reshape(-1)[ok])
+  winner = tally.argmax(axis=1)
+  return (tally.max(axis=1) > 0) & correct_of_group[winner]
+
+
+def best_of_n(pools: Sequence[ProblemPool], ns: Sequence[int], trials: int = 400, seed: int = 0,
+              pool_size: int | None = None) -> dict:
+  """The `bon.json` dict: solve rates (mean, std over trials) per method for each N."""
+  full = pool_size or max(len(p.correct) for p in pools)
+  if max(ns) > full:
+    raise ValueError(f"N={max(ns)} exceeds the pool size {full}")
+  present = [m for m in METHODS if m in ("majority",) or all(
+      (m if m != "weighted" else "prm") in p.scores for p in pools)]
+  if "weighted" in present and not all("prm" in p.scores for p in pools):
+    present.remove("weighted")
+  rng = np.random.default_rng(seed)
+  solved = {m: np.zeros((len(ns), trials)) for m in present}
+  for p in pools:
+    m_p = len(p.correct)
+    if m_p > full:
+      raise ValueError(f"problem {p.problem_id} has {m_p} samples > pool size {full}")
+    # padded pool: entries >= m_p are "discarded" (no answer)
+    order = rng.permuted(np.tile(np.arange(full), (trials, 1)), axis=1)
+    ngroups = int(p.group.max()) + 1 if (p.group >= 0).any() else 0
+    correct_of_group = np.zeros(max(ngroups, 1), bool)
+    for g in range(ngroups):
+      correct_of_group[g] = p.correct[p.group == g].any()
+    pad = lambda a, fill: np.concatenate([a, np.full(full - m_p, fill, a.dtype)])
+    valid, correct, group = pad(p.valid, False), pad(p.correct, False), pad(p.group, -1)
+    scores = {k: pad(v, -np.inf) for k, v in p.scores.items()}
+    for i, n in enumerate(ns):
+      idx = order[:, :n]
+      v = valid[idx]
+      for m in present:
+        if m in ("prm", "orm"):
+          s = np.where(v, scores[m][idx], -np.inf)
+          pick = s.argmax(axis=1)
+          solved[m][i] += v.any(axis=1) & correct[np.take_along_axis(idx, pick[:, None], 1)[:, 0]]
+        elif m == "majority":
+          solved[m][i] += _vote(np.where(v, group[idx], -1), v.astype(float), correct_of_group)
+        else:
+          w = np.where(v, scores["prm"][idx], 0.0)
+          solved[m][i] += _vote(np.where(v, group[idx], -1), w, correct_of_group)
+  rates = {m: solved[m] / len(pools) for m in present}
+  return {"n": [int(n) for n in ns], "num_problems": len(pools), "pool_size": int(full),
+          "trials": trials, "methods": {m: {"mean": rates[m].mean(1).tolist(),
+                                            "std": rates[m].std(1).tolist()} for m in present}}
+
+
+def markdown_table(result: dict) -> str:
+  methods = list(result["methods"])
+  lines = ["| N | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+  for i, n in enumerate(result["n"]):
+    cells = [f"{100 * result['methods'][m]['mean'][i]:.1f} ± {100 * result['methods'][m]['std'][i]:.1f}"
+             for m in methods]
+    lines.append(f"| {n} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+LABELS = {"prm": "Process-supervised RM", "orm": "Outcome-supervised RM", "majority": "Majority voting",
+          "weighted": "PRM-weighted voting"}
+
+
+def plot_best_of_n(result: dict, path: str, title: str = "Best-of-N") -> None:
+  """Solve rate vs N (log x), one line per method with a shaded ±std band (the paper's Figure 3)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+  ns = np.asarray(result["n"])
+  for m, r in result["methods"].items():
+    mean, std = 100 * np.asarray(r["mean"]), 100 * np.asarray(r["std"])
+    ax.plot(ns, mean, marker="o", ms=3, label=LABELS.get(m, m))
+    ax.fill_between(ns, mean - std, mean + std, alpha=0.2)
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("N = number of solutions per problem")
+  ax.set_ylabel("% problems solved (best-of-N)")
+  ax.set_title(f"{title} ({result['num_problems']} problems, {result['trials']} trials)")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def run_bon_eval(solutions: Iterable[Solution], ns: Sequence[int], trials: int, seed: int, out_dir: str,
+                 mode: str = "prm800k") -> dict:
+  """`prm-jax bon-eval`: writes bon.json, bon.md and bon.png to `out_dir`."""
+  pools = build_pools(solutions, mode)
+  if not pools:
+    raise ValueError("no solutions to evaluate")
+  result = best_of_n(pools, ns, trials, seed)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "bon.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  with open(os.path.join(out_dir, "bon.md"), "w") as f:
+    f.write(f"Best-of-N solve rate (%), mean ± std over {trials} trials, "
+            f"{result['num_problems']} problems, pool size {result['pool_size']}\n\n"
+            + markdown_table(result) + "\n")
+  plot_best_of_n(result, os.path.join(out_dir, "bon.png"))
+  return result
+
+
+# ----------------------------------------------------------------------------- step-level metrics
+
+def earliest_error(labels: Sequence[int | None]) -> int:
+  """Index of the first -1 step, or -1 when no step is wrong (ProcessBench's label)."""
+  return next((i for i, l in enumerate(labels) if l == -1), -1)
+
+
+def predicted_error(step_probs: Sequence[float], threshold: float) -> int:
+  """First step whose P(ok) falls below the threshold, or -1."""
+  return next((i for i, p in enumerate(step_probs) if p < threshold), -1)
+
+
+def processbench_f1(gold: Sequence[int], pred: Sequence[int]) -> dict[str, float]:
+  """Harmonic mean of accuracy on erroneous solutions (exact error step) and on correct ones."""
+  gold, pred = np.asarray(gold), np.asarray(pred)
+  err, ok = gold >= 0, gold < 0
+  acc_err = float((pred[err] == gold[err]).mean()) if err.any() else float("nan")
+  acc_ok = float((pred[ok] == -1).mean()) if ok.any() else float("nan")
+  f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if (acc_err + acc_ok) > 0 else 0.0
+  return {"f1": f1, "acc_erroneous": acc_err, "acc_correct": acc_ok,
+          "n_erroneous": int(err.sum()), "n_correct": int(ok.sum())}
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+  """Area under the ROC curve (Mann-Whitney with tied ranks averaged)."""
+  from scipy.stats import rankdata
+  pos, neg = positive.sum(), (~positive).sum()
+  if pos == 0 or neg == 0:
+    return float("nan")
+  ranks = rankdata(scores)
+  return float((ranks[positive].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def calibration(probs: np.ndarray, outcomes: np.ndarray, bins: int = 10) -> dict:
+  edges = np.linspace(0, 1, bins + 1)
+  which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
+  rows, ece = [], 0.0
+  for b in range(bins):
+    at = which == b
+    if at.any():
+      conf, acc = float(probs[at].mean()), float(outcomes[at].mean())
+      ece += at.mean() * abs(conf - acc)
+      rows.append({"bin": [float(edges[b]), float(edges[b + 1])], "confidence": conf,
+                   "accuracy": acc, "count": int(at.sum())})
+  return {"ece": float(ece), "bins": rows}
+
+
+def _is_dev(problem_id: str, dev_fraction: float) -> bool:
+  import zlib
+  return (zlib.crc32(problem_id.encode()) % 10_000) < dev_fraction * 10_000
+
+
+def process_eval(solutions: Iterable[Solution], dev_fraction: float = 0.5,
+                 neutral_is_positive: bool = True) -> dict:
+  """Step-level evaluation of `scores.prm_steps` against gold `step_labels`.
+
+  The earliest-error threshold is chosen on a dev split of the problems (by id) and reported on the
+  rest; AUROC and calibration use every labelled step up to the first error.
+  """
+  rows = [s for s in solutions if s.step_labels is not None and s.scores
+          and s.scores.get("prm_steps") is not None and len(s.steps) > 0]
+  if not rows:
+    raise ValueError("no solutions with both step_labels and scores.prm_steps")
+  dev = [s for s in rows if _is_dev(s.problem_id, dev_fraction)]
+  test = [s for s in rows if not _is_dev(s.problem_id, dev_fraction)] or dev
+  dev = dev or test
+  gold = lambda ss: [earliest_error(s.step_labels) for s in ss]
+  thresholds = np.linspace(0.0, 1.0, 101)
+  dev_f1 = [processbench_f1(gold(dev), [predicted_error(s.scores["prm_steps"], t) for s in dev])["f1"]
+            for t in thresholds]
+  best = float(thresholds[int(np.argmax(dev_f1))])
+  test_metrics = processbench_f1(gold(test), [predicted_error(s.scores["prm_steps"], best)
+                                              for s in test])
+  probs, ok = [], []
+  for s in rows:
+    for p, l in zip(s.scores["prm_steps"], s.step_labels):
+      if l is None:
+        continue
+      probs.append(p)
+      ok.append(l == 1 or (l == 0 and neutral_is_positive))
+      if l == -1:
+        break
+  probs, ok = np.asarray(probs, float), np.asarray(ok, bool)
+  return {"threshold": best, "dev_f1": float(max(dev_f1)), "test": test_metrics,
+          "num_dev": len(dev), "num_test": len(test), "num_steps": int(len(probs)),
+          "step_auroc": auroc(probs, ok), "calibration": calibration(probs, ok.astype(float))}
+
+
+def plot_calibration(result: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(4.5, 4.2), dpi=120)
+  bins = result["calibration"]["bins"]
+  ax.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="perfect calibration")
+  ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
+          label=f"PRM steps (ECE {result['calibration']['ece']:.3f})")
+  ax.set_xlabel("predicted P(step ok)")
+  ax.set_ylabel("fraction of steps ok")
+  ax.set_title(f"Step calibration, AUROC {result['step_auroc']:.3f}")
+  ax.legend(loc="upper left")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def run_process_eval(solutions: Iterable[Solution], out_dir: str, dev_fraction: float = 0.5) -> dict:
+  """`prm-jax process-eval`: writes process.json, process.md and calibration.png."""
+  result = process_eval(solutions, dev_fraction)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "process.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  t = result["test"]
+  with open(os.path.join(out_dir, "process.md"), "w") as f:
+    f.write("| metric | value |\n|---|---|\n"
+            f"| earliest-error F1 (test, ProcessBench) | {100 * t['f1']:.1f} |\n"
+            f"| accuracy on erroneous / correct | {100 * t['acc_erroneous']:.1f} / "
+            f"{100 * t['acc_correct']:.1f} |\n"
+            f"| threshold (chosen on dev, F1 {100 * result['dev_f1']:.1f}) | {result['threshold']:.2f} |\n"
+            f"| step AUROC | {result['step_auroc']:.3f} |\n"
+            f"| step ECE | {result['calibration']['ece']:.3f} |\n")
+  plot_calibration(result, os.path.join(out_dir, "calibration.png"))
+  return result

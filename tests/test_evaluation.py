@@ -1,0 +1,130 @@
+"""Best-of-N (closed form), step-level metrics on hand-made cases, and selection."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from prm_jax.active_learning import select_convincing_wrong_answers
+from prm_jax.evaluation import (ProblemPool, best_of_n, build_pools, group_answers, process_eval,
+                                processbench_f1, run_bon_eval)
+from prm_jax.records import Solution, write_jsonl
+from tests.conftest import FIXTURES, ROOT
+
+PRM_JAX = os.path.join(os.path.dirname(sys.executable), "prm-jax")
+
+
+def sol(pid, answer, correct, prm=None, orm=None, steps=None, labels=None, prm_steps=None):
+  scores = {k: v for k, v in (("prm", prm), ("orm", orm), ("prm_steps", prm_steps)) if v is not None}
+  return Solution(problem_id=pid, problem="q", steps=steps or [f"{answer}"], answer=answer,
+                  ground_truth_answer="1", is_correct=correct, step_labels=labels,
+                  scores=scores or None)
+
+
+def test_best_of_n_matches_the_closed_form():
+  """The correct samples always score highest -> solve rate = P(a correct one among N draws)."""
+  rng = np.random.default_rng(0)
+  m, full, pools, ks = 24, 40, [], []
+  for i in range(60):
+    k = int(rng.integers(0, 5))
+    ks.append(k)
+    correct = np.zeros(m, bool)
+    correct[rng.choice(m, k, replace=False)] = True
+    score = np.where(correct, 0.6 + 0.4 * rng.random(m), 0.5 * rng.random(m))
+    pools.append(ProblemPool(f"p{i}", correct, np.ones(m, bool), np.arange(m), {"prm": score}))
+  ns = [1, 2, 4, 8, 16, 32, 40]
+  r = best_of_n(pools, ns, trials=1000, seed=1, pool_size=full)
+  assert set(r["methods"]) == {"prm", "majority", "weighted"}  # no ORM scores -> no ORM entry
+  for i, n in enumerate(ns):
+    want = np.mean([1 - math.comb(full - k, n) / math.comb(full, n) for k in ks])
+    assert r["methods"]["prm"]["mean"][i] == pytest.approx(want, abs=0.01)
+  assert r["methods"]["prm"]["std"][-1] == pytest.approx(0.0, abs=1e-12)  # N = pool: no variance
+
+
+def test_majority_groups_equivalent_answers():
+  assert group_answers(["1/2", "0.5", "\\frac{1}{2}", "3", None, "x=3"]).tolist() == [0, 0, 0, 1, -1, 1]
+  # 3 samples say "\\frac12" (wrong: truth 3), 4 say equivalent forms of 3 -> majority right once grouped
+  sols = ([sol("a", "\\frac12", False) for _ in range(3)] +
+          [sol("a", a, True) for a in ("3", "3.0", "x = 3", "\\text{3}")])
+  r = best_of_n(build_pools(sols), [7], trials=10, seed=0)
+  assert r["methods"]["majority"]["mean"] == [1.0]
+  assert "prm" not in r["methods"]
+
+
+def test_no_answer_entries_are_dropped_and_padding_counts():
+  # one correct sample in a pool of 4 (padded with discarded entries) -> N=1 solves 1/4 of the time
+  sols = [sol("a", "1", True, prm=0.9, orm=0.2), sol("a", None, False, prm=1.0, orm=1.0)]
+  r = best_of_n(build_pools(sols), [1, 4], trials=4000, seed=0, pool_size=4)
+  assert r["methods"]["prm"]["mean"][0] == pytest.approx(0.25, abs=0.03)
+  assert r["methods"]["prm"]["mean"][1] == 1.0  # the no-answer sample never wins, though scored 1.0
+  assert r["methods"]["orm"]["mean"][1] == 1.0
+
+
+def test_bon_eval_cli_on_the_papers_scored_samples_format(tmp_path):
+  src = json.loads((FIXTURES / "prm800k" / "scored_test_sample.thirdparty_example.jsonl").read_text())
+  rows = []
+  for k in range(6):
+    r = dict(src, prm_score=0.1 * k, orm_score=0.5, is_correct=k % 2 == 0, answer=str(k))
+    rows.append(json.dumps(r))
+  inp = tmp_path / "scored.jsonl"
+  inp.write_text("\n".join(rows) + "\n")
+  out = tmp_path / "bon"
+  p = subprocess.run([PRM_JAX, "bon-eval", f"--input={inp}", "--n=1,2,4", "--trials=4000", "--seed=0",
+                      f"--out={out}"], capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  bon = json.loads((out / "bon.json").read_text())
+  assert bon["n"] == [1, 2, 4] and bon["num_problems"] == 1
+  assert set(bon["methods"]) == {"prm", "orm", "majority", "weighted"}
+  for m in bon["methods"].values():
+    assert len(m["mean"]) == 3 and all(0 <= x <= 1 for x in m["mean"])
+  # scores 0.0..0.5, even k correct: the top score (k=5) is wrong, so N=4 of 6 solves when 5 is
+  # not drawn (1/3) and 4 is (4/5): 4/15
+  assert bon["methods"]["prm"]["mean"][2] == pytest.approx(4 / 15, abs=0.03)
+  assert (out / "bon.md").read_text().count("|") > 10
+  assert (out / "bon.png").stat().st_size > 10_000
+
+
+def test_processbench_f1_hand_made():
+  assert processbench_f1([2, -1, 0, -1], [2, -1, 1, 0]) == pytest.approx(
+      {"f1": 0.5, "acc_erroneous": 0.5, "acc_correct": 0.5, "n_erroneous": 2, "n_correct": 2})
+  perfect = processbench_f1([1, -1], [1, -1])
+  assert perfect["f1"] == 1.0
+
+
+def test_process_eval_threshold_auroc_calibration(tmp_path):
+  sols = []
+  for i in range(40):  # step probs separate ok (0.9) from wrong (0.2) perfectly
+    labels = [1, 1, -1] if i % 2 else [1, 1, 1]
+    probs = [0.9, 0.85, 0.2] if i % 2 else [0.9, 0.95, 0.8]
+    sols.append(sol(f"p{i}", "1", i % 2 == 0, steps=["a", "b", "c"], labels=labels,
+                    prm_steps=probs))
+  r = process_eval(sols, dev_fraction=0.5)
+  assert r["test"]["f1"] == 1.0 and r["step_auroc"] == 1.0
+  assert 0.2 < r["threshold"] <= 0.8
+  assert r["num_steps"] == 120
+  assert 0 <= r["calibration"]["ece"] < 0.3
+  with pytest.raises(ValueError, match="no solutions with both step_labels"):
+    process_eval([sol("a", "1", True)])
+
+
+def test_select_convincing_wrong_answers():
+  pool = [sol("a", "2", False, prm=0.9, steps=["x", "2"]),
+          sol("a", "2", False, prm=0.9, steps=["x", "2"]),      # duplicate of the first
+          sol("a", "1", True, prm=0.95, steps=["y", "1"]),
+          sol("a", "3", False, prm=0.5, steps=["z", "3"]),
+          sol("a", None, False, prm=0.99, steps=["no answer"]),  # not a wrong *answer*
+          sol("a", "4", False, prm=0.1, steps=["w", "4"]),
+          sol("b", "1", True, prm=0.7, steps=["b1"]),
+          sol("b", "1", True, prm=0.6, steps=["b2"])]
+  got = select_convincing_wrong_answers(pool, k=4, frac_wrong=0.5)
+  a = [s.steps[0] for s in got if s.problem_id == "a"]
+  assert sorted(a) == sorted(["x", "z", "no answer", "y"])  # 2 top wrong + 2 top others
+  assert [s.steps[0] for s in got if s.problem_id == "b"] == ["b1", "b2"]  # no wrong: filled
+  only_wrong = select_convincing_wrong_answers(pool, k=2, frac_wrong=1.0)
+  assert [s.steps[0] for s in only_wrong if s.problem_id == "a"] == ["x", "z"]
+  with pytest.raises(ValueError, match="has no scores.prm"):
+    select_convincing_wrong_answers([sol("c", "1", True)], k=1)
