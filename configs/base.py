@@ -51,4 +51,15 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
   c.sample = ml_collections.ConfigDict(dict(
       batch_size=64, max_new_tokens=256, temperature=1.0, top_k=0, top_p=1.0))
   c.score = ml_collections.ConfigDict(dict(seq_len=1024, rows=16, chunk=512))
+  c.active = ml_collections.ConfigDict(dict(
+      generations=2,               # generation 0 selects uniformly (there is no PRM yet)
+      problems_per_generation=200,  # a fresh slice of the pool problems each generation
+      samples_per_problem=8,       # candidates per problem
+      budget=400,                  # solutions labelled per generation (same for the control)
+      frac_wrong=0.8,              # share of the budget for convincing wrong answers
+      labeller="oracle",           # oracle | rollout | model:PRM_WORKDIR | file (human, PRM800K rows)
+      rollouts=8,                  # rollout labeller: completions per step prefix
+      uniform_control=True,        # also run uniform selection at the same budget
+      eval_n="1,2,4,8", eval_samples=8, eval_trials=200,
+      eval_labeller="oracle"))     # gold step labels of the evaluation pool ("" for none)
   return c

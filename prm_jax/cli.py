@@ -20,6 +20,8 @@ COMMANDS = {
     "score": ("base.py", "score Solution / PRM800K / scored-samples JSONL with an ORM or PRM"),
     "bon-eval": ("base.py", "best-of-N solve rates (PRM, ORM, majority, weighted vote) + plot"),
     "process-eval": ("base.py", "step-level metrics: earliest-error F1, AUROC, calibration"),
+    "active-learn": ("base.py", "generations of sample -> score -> select -> label -> retrain PRM, "
+                     "vs uniform selection"),
     "describe": ("base.py", "print the mesh, parameter count and every parameter's sharding"),
     "convert": ("base.py", "PRM800K / scored-samples / MATH / Solution JSONL -> our JSONL records"),
     "build-tfds": ("base.py", "build the PRM800K or MATH TFDS dataset from downloaded files"),
@@ -28,12 +30,13 @@ COMMANDS = {
 
 flags.DEFINE_enum("task", None, ["sft", "orm", "prm"], "train: the task (overrides train.task)")
 flags.DEFINE_string("input", None, "input JSONL file")
-flags.DEFINE_string("checkpoint", None, "sample/score: a training workdir (config.json, params/, "
+flags.DEFINE_string("checkpoint", None, "sample/score/active-learn: a training workdir (config.json, params/, "
                     "tokenizer.model)")
 flags.DEFINE_string("problems", None, "sample: Problem or MATH JSONL")
+flags.DEFINE_string("eval-problems", None, "active-learn: Problem JSONL for best-of-N evaluation")
 flags.DEFINE_string("n", "1", "sample: samples per problem; bon-eval: comma-separated N values")
 flags.DEFINE_integer("trials", 400, "bon-eval: random subsets per N")
-flags.DEFINE_string("out", None, "bon-eval / process-eval: output folder")
+flags.DEFINE_string("out", None, "bon-eval / process-eval / active-learn: output folder")
 flags.DEFINE_float("dev-fraction", 0.5, "process-eval: share of problems used to pick the threshold")
 flags.DEFINE_integer("seed", 0, "sample: random seed")
 flags.DEFINE_multi_string("inputs", [], "input files (train-tokenizer; repeatable)")
@@ -160,6 +163,17 @@ def main(argv: list[str] | None = None) -> None:
           print(f"earliest-error F1 {100 * r['test']['f1']:.1f} (threshold {r['threshold']:.2f}), "
                 f"step AUROC {r['step_auroc']:.3f}, ECE {r['calibration']['ece']:.3f}")
         print(f"wrote {flags.FLAGS.out}")
+      elif command == "active-learn":
+        from prm_jax.active_learning import ActiveLearning, markdown_table
+        from prm_jax.records import read_problems
+        _need("checkpoint", "problems", "eval-problems", "out")
+        skip = flags.FLAGS["skip-invalid"].value
+        summary = ActiveLearning(config, flags.FLAGS.checkpoint,
+                                 list(read_problems(flags.FLAGS.problems, skip)),
+                                 list(read_problems(flags.FLAGS["eval-problems"].value, skip)),
+                                 flags.FLAGS.out).run()
+        print(markdown_table(summary))
+        print(f"wrote {flags.FLAGS.out}/active_learning.json, .md, .png")
       elif command == "train":
         from prm_jax.train.loop import train
         if flags.FLAGS.task:
@@ -177,6 +191,12 @@ def main(argv: list[str] | None = None) -> None:
       print(f"prm-jax {command}: error: {msg}\n(set PRM_JAX_DEBUG=1 for the traceback)",
             file=sys.stderr)
       sys.exit(1)
+    except RuntimeError as e:
+      from prm_jax.labellers import LabelsPending
+      if not isinstance(e, LabelsPending):
+        raise
+      print(f"prm-jax {command}: paused: {e}", file=sys.stderr)
+      sys.exit(3)
 
   app.run(run, argv=[f"prm-jax {command}"] + argv[2:])
 

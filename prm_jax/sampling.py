@@ -209,47 +209,71 @@ class Sampler:
 
   def iter_batches(self, problems, n: int, seed: int = 0, skip=frozenset(), progress: bool = False):
     """Yields lists of graded `Solution`s, one list per generated batch (for streaming writers)."""
+    jobs = [(p, k, ()) for p in problems for k in range(n) if (p.problem_id, k) not in skip]
+    yield from self._run(jobs, seed, progress)
+
+  def complete(self, prefixes, m: int, seed: int = 0):
+    """`m` continuations of each (problem, steps-so-far) pair: rollouts for Monte-Carlo labels.
+
+    Returns one list of `m` graded solutions (prefix + continuation) per input pair.
+    """
+    jobs = [(p, k, tuple(prefix)) for p, prefix in prefixes for k in range(m)]
+    out = [s for batch in self._run(jobs, seed, False) for s in batch]
+    return [out[i * m:(i + 1) * m] for i in range(len(prefixes))]
+
+  def _prompt(self, problem: str, prefix: tuple[str, ...]) -> list[int]:
+    ids = [self.tok.bos_id] + self.tok.encode(problem) + [self.tok.nl_id]
+    for step in prefix:
+      ids += self.tok.encode(step) + [self.tok.nl_id]
+    return ids
+
+  def _run(self, jobs, seed: int, progress: bool):
     import time
+    import zlib
     from tqdm.auto import tqdm
     from prm_jax import grading
     from prm_jax.records import Solution
-    jobs = [(p, k) for p in problems for k in range(n) if (p.problem_id, k) not in skip]
-    prompts = {p.problem_id: [self.tok.bos_id] + self.tok.encode(p.problem) + [self.tok.nl_id]
-               for p, _ in jobs}
-    by_bucket: dict[int, list] = {}
-    for job in jobs:
-      by_bucket.setdefault(bucket_length(len(prompts[job[0].problem_id]), self.buckets),
-                           []).append(job)
+
+    def key_id(p, prefix):  # rollouts of different prefixes get different randomness
+      return p.problem_id if not prefix else (
+          f"{p.problem_id}|{len(prefix)}|{zlib.crc32(chr(10).join(prefix).encode())}")
+    prompts = [self._prompt(p.problem, prefix) for p, _, prefix in jobs]
+    by_bucket: dict[int, list[int]] = {}
+    for j, ids in enumerate(prompts):
+      by_bucket.setdefault(bucket_length(len(ids), self.buckets), []).append(j)
     bar = tqdm(total=len(jobs), desc="sample", unit=" samples", disable=not progress)
     t0 = time.perf_counter()
-    for length, items in sorted(by_bucket.items()):
+    for length, members in sorted(by_bucket.items()):
       fn = self._fn(length)
-      for lo in range(0, len(items), self.batch_size):
-        chunk = items[lo:lo + self.batch_size]
-        rows = [prompts[p.problem_id] for p, _ in chunk]
-        rows += [rows[0]] * (self.batch_size - len(chunk))  # fixed batch shape: repeat a prompt
+      for lo in range(0, len(members), self.batch_size):
+        chunk = members[lo:lo + self.batch_size]
+        fill = self.batch_size - len(chunk)
+        rows = [prompts[j] for j in chunk] + [prompts[chunk[0]]] * fill  # fixed batch shape
         tokens, positions = left_pad(rows, length, self.tok.pad_id)
-        ids = [p.problem_id for p, _ in chunk] + ["<pad>"] * (self.batch_size - len(chunk))
-        keys = row_keys(seed, ids, [k for _, k in chunk] + [0] * (self.batch_size - len(chunk)))
+        ids = [key_id(jobs[j][0], jobs[j][2]) for j in chunk] + ["<pad>"] * fill
+        keys = row_keys(seed, ids, [jobs[j][1] for j in chunk] + [0] * fill)
         out, lengths, self._caches[length] = fn(self.params, self._caches[length], tokens,
                                                   positions, keys)
         out, lengths = np.asarray(out), np.asarray(lengths)
         batch = []
-        for r, (p, k) in enumerate(chunk):
+        for r, j in enumerate(chunk):
+          p, k, prefix = jobs[j]
           gen = out[r, :lengths[r]].tolist()
           finish = "eos" if gen and gen[-1] == self.tok.eos_id else (
               "answer" if lengths[r] < self.sc.max_new_tokens else "length")
           text = self.tok.decode([t for t in gen if t != self.tok.eos_id])
-          steps = [s for s in text.split("\n")]
+          steps = list(prefix) + text.split("\n")
           while steps and not steps[-1].strip():
             steps.pop()
-          answer = grading.extract_answer(text)
+          answer = grading.extract_answer("\n".join(steps))
           correct = grading.grade_answer(answer, p.answer, self.grading_mode) if (
               answer is not None and p.answer is not None) else (False if p.answer else None)
+          meta = {"sample_idx": k, "seed": seed, "num_tokens": int(lengths[r])}
+          if prefix:
+            meta["prefix_steps"] = len(prefix)
           batch.append(Solution(problem_id=p.problem_id, problem=p.problem, steps=steps,
                                 answer=answer, ground_truth_answer=p.answer, is_correct=correct,
-                                finish_reason=finish, meta={"sample_idx": k, "seed": seed,
-                                                            "num_tokens": int(lengths[r])}))
+                                finish_reason=finish, meta=meta))
         bar.update(len(chunk))
         bar.set_postfix(samples_per_s=f"{bar.n / (time.perf_counter() - t0):.1f}", refresh=False)
         yield batch

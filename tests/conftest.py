@@ -22,3 +22,33 @@ def tiny_cfg():
   # Every sharded dimension divisible by 2 and 4, so all test meshes really split it.
   return ModelConfig(vocab_size=128, dim=64, num_layers=2, num_heads=4, num_kv_heads=2,
                      mlp_dim=128)
+
+
+def tiny_train_config(workdir, task: str, steps: int, **train):
+  """A 2-layer, 64-wide model on 128-token rows: the tests' trainable size."""
+  from configs import base
+  c = base.get_config("tiny")
+  c.workdir = str(workdir)
+  c.model.update(dict(vocab_size=512, dim=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                      mlp_dim=128, max_seq_len=128))
+  c.train.update(dict(task=task, steps=steps, batch_size=16, seq_len=128, learning_rate=3e-3,
+                      warmup_steps=20, weight_decay=0.0, log_every=steps, save_every=steps))
+  c.train.update(train)
+  c.sample.update(dict(batch_size=64, max_new_tokens=48, temperature=0.7))
+  c.score.update(dict(seq_len=128, rows=8, chunk=256))
+  return c
+
+
+@pytest.fixture(scope="session")
+def synthetic_generator(tmp_path_factory):
+  """A generator SFT'd on reference solutions of level-1 synthetic problems (right often, not
+  always), trained once per session: (workdir, tokenizer, training problems)."""
+  from prm_jax.data import synthetic
+  from prm_jax.tokenizer import train_sentencepiece
+  from prm_jax.train.loop import train
+  probs = synthetic.make_problems(1500, 4, levels=(1,))
+  refs = [synthetic.reference_solution(p) for p in probs]
+  tok = train_sentencepiece([s.problem + "\n" + s.text for s in refs[:300]], vocab_size=400)
+  workdir = tmp_path_factory.mktemp("synthetic") / "sft"
+  train(tiny_train_config(workdir, "sft", 500), records=refs, tokenizer=tok)
+  return str(workdir), tok, probs

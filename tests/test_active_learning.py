@@ -1,0 +1,131 @@
+"""Two generations of active learning, end to end on the tiny config, against the uniform control."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from prm_jax.active_learning import ActiveLearning, select_uniform
+from prm_jax.data import synthetic
+from prm_jax.records import Solution, read_solutions, write_jsonl
+from tests.conftest import ROOT, tiny_train_config
+
+PRM_JAX = str(pathlib.Path(sys.executable).parent / "prm-jax")
+
+
+def al_config(workdir):
+  c = tiny_train_config(workdir, "prm", 40)
+  c.active.update(dict(generations=2, problems_per_generation=8, samples_per_problem=4, budget=16,
+                       eval_n="1,2,4", eval_samples=4, eval_trials=50))
+  return c
+
+
+@pytest.fixture(scope="module")
+def run(synthetic_generator, tmp_path_factory):
+  generator, _, train_problems = synthetic_generator
+  out = tmp_path_factory.mktemp("al")
+  eval_problems = synthetic.make_problems(8, 77, levels=(1,),
+                                          exclude={p.problem for p in train_problems})
+  al = ActiveLearning(al_config(out / "cfg"), generator, train_problems[:16], eval_problems,
+                      str(out), log=lambda _: None)
+  return al, al.run(), out
+
+
+def test_two_generations_with_the_uniform_control(run):
+  al, summary, out = run
+  assert set(summary["strategies"]) == {"active", "uniform"}
+  for strategy, gens in summary["strategies"].items():
+    assert [g["generation"] for g in gens] == [0, 1]
+    assert 0 < gens[0]["labelled_new"] <= 16 and 0 < gens[1]["labelled_new"] <= 16
+    assert gens[1]["labelled_total"] == gens[0]["labelled_new"] + gens[1]["labelled_new"]
+    for g in gens:
+      assert len(g["prm_mean"]) == 3 and all(0 <= x <= 1 for x in g["prm_mean"])
+      assert g["process"] is not None and 0 <= g["process"]["step_auroc"] <= 1
+  assert summary["strategies"]["active"][0] == dict(summary["strategies"]["uniform"][0],
+                                                    strategy="active")  # generation 0 is shared
+  for name in ("active_learning.json", "active_learning.md", "active_learning.png",
+               "eval_samples.jsonl", "pools/gen0.jsonl", "pools/gen1.jsonl"):
+    assert (out / name).exists(), name
+  # every generation's data and checkpoint are kept
+  for d in ("gen0", "active/gen1", "uniform/gen1"):
+    for name in ("selected.jsonl", "labelled.jsonl", "eval.json", "eval_scored.jsonl"):
+      assert (out / d / name).exists(), (d, name)
+    assert (out / d / "prm" / "params").is_dir()
+  labelled = list(read_solutions(str(out / "active" / "gen1" / "labelled.jsonl")))
+  assert all(s.step_labels is not None and s.meta["labeller"] == "oracle" for s in labelled)
+  assert "| active | 1 |" in (out / "active_learning.md").read_text()
+
+
+def test_active_generation_picks_convincing_wrong_answers_from_the_shared_pool(run):
+  _, _, out = run
+  pool = list(read_solutions(str(out / "pools" / "gen1.jsonl")))
+  active = list(read_solutions(str(out / "active" / "gen1" / "selected.jsonl")))
+  uniform = list(read_solutions(str(out / "uniform" / "gen1" / "selected.jsonl")))
+  gen0 = {(s.problem_id, tuple(s.steps)) for s in read_solutions(str(out / "gen0" / "labelled.jsonl"))}
+  pool_keys = {(s.problem_id, tuple(s.steps)) for s in pool}
+  k = 16 // len({s.problem_id for s in pool})
+  for picked in (active, uniform):
+    keys = [(s.problem_id, tuple(s.steps)) for s in picked]
+    assert set(keys) <= pool_keys and not set(keys) & gen0 and len(set(keys)) == len(keys)
+  assert all(s.scores and "prm" in s.scores for s in active)  # ranked by generation 0's PRM
+  for pid in {s.problem_id for s in pool}:
+    fresh = {tuple(s.steps): s for s in pool if s.problem_id == pid and (pid, tuple(s.steps)) not in gen0}
+    wrong = sum(s.is_correct is False and s.answer is not None for s in fresh.values())
+    mine = [s for s in active if s.problem_id == pid]
+    assert len(mine) == min(k, len(fresh))
+    assert sum(s.is_correct is False for s in mine) >= min(round(0.8 * k), wrong)
+    scored_wrong = sorted((s.scores["prm"] for s in mine if s.is_correct is False), reverse=True)
+    assert scored_wrong == sorted(scored_wrong, reverse=True)
+
+
+def test_resume_redoes_only_the_unfinished_generation(run, synthetic_generator):
+  al, summary, out = run
+  kept = os.path.getmtime(out / "active" / "gen1" / "eval.json")
+  # a run killed during uniform generation 1's training: no eval.json, no final params
+  os.remove(out / "uniform" / "gen1" / "eval.json")
+  subprocess.run(["rm", "-rf", str(out / "uniform" / "gen1" / "prm")], check=True)
+  again = ActiveLearning(al.config, al.generator, al.pool_problems, al.eval_problems, str(out),
+                         log=lambda _: None).run()
+  assert os.path.getmtime(out / "active" / "gen1" / "eval.json") == kept
+  assert (out / "uniform" / "gen1" / "prm" / "params").is_dir()
+  assert again["strategies"]["active"] == summary["strategies"]["active"]
+  u0, u1 = summary["strategies"]["uniform"][1], again["strategies"]["uniform"][1]
+  assert u1["labelled_total"] == u0["labelled_total"]  # same selection and labels, retrained
+
+  # the command line: everything is finished, so it only reads and reports
+  probs, evals = out / "problems.jsonl", out / "eval_problems.jsonl"
+  write_jsonl(str(probs), al.pool_problems)
+  write_jsonl(str(evals), al.eval_problems)
+  p = subprocess.run(
+      [PRM_JAX, "active-learn", f"--checkpoint={al.generator}", f"--problems={probs}",
+       f"--eval-problems={evals}", f"--out={out}", "--config.active.generations=2",
+       "--config.active.problems_per_generation=8", "--config.active.samples_per_problem=4",
+       "--config.active.budget=16", "--config.active.eval_n=1,2,4",
+       "--config.active.eval_samples=4"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "| uniform | 1 |" in p.stdout and "active_learning.json" in p.stdout
+
+
+def test_bad_settings_fail_clearly(synthetic_generator, tmp_path):
+  generator, _, probs = synthetic_generator
+  c = al_config(tmp_path)
+  c.active.eval_n = "1,2,8"
+  with pytest.raises(ValueError, match="exceeds active.eval_samples=4"):
+    ActiveLearning(c, generator, probs[:4], probs[4:8], str(tmp_path))
+  from prm_jax.labellers import make_labeller
+  with pytest.raises(ValueError, match="unknown labeller 'crowd'"):
+    make_labeller("crowd", str(tmp_path))
+  with pytest.raises(ValueError, match="only knows the synthetic domain"):
+    make_labeller("oracle", str(tmp_path)).label(
+        [Solution(problem_id="m", problem="What is 2+2?", steps=["4"])])
+
+
+def test_uniform_selection_is_seeded_and_distinct():
+  pool = [Solution(problem_id=f"p{i % 3}", problem="x", steps=[str(i % 5)]) for i in range(30)]
+  a, b = select_uniform(pool, 2, seed=1), select_uniform(pool, 2, seed=1)
+  assert [s.steps for s in a] == [s.steps for s in b]
+  assert len(a) == 6 and all(len({tuple(s.steps) for s in a if s.problem_id == p}) == 2
+                             for p in ("p0", "p1", "p2"))
