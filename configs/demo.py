@@ -1,7 +1,9 @@
-"""The embedded default: everything small enough for a 2-core laptop CPU in minutes.
+"""The embedded default: the whole paper loop on the synthetic arithmetic domain, on a 2-core CPU.
 
-`--config.scale=N` multiplies the amount of data and steps.
+`--config.scale=N` multiplies the problems, samples and training steps.
 """
+
+import ml_collections
 
 from configs import base
 
@@ -10,15 +12,23 @@ def get_config():
   c = base.get_config("tiny")
   c.workdir = "runs/demo"
   c.scale = 1.0
-  c.tokenizer.vocab_size = 512
-  c.model.vocab_size = 512
+  c.tokenizer.vocab_size = 400
   c.model.max_seq_len = 128
-  c.train.steps = 300
-  c.train.batch_size = 16
-  c.train.seq_len = 128
-  c.train.learning_rate = 3e-3
-  c.train.warmup_steps = 30
-  c.train.weight_decay = 0.0
-  c.train.log_every = 50
-  c.train.save_every = 100
+  c.train.update(dict(steps=500, batch_size=16, seq_len=128, learning_rate=3e-3, warmup_steps=20,
+                      weight_decay=0.0, log_every=100, save_every=250))
+  c.sample.update(dict(batch_size=128, max_new_tokens=64, temperature=0.8))
+  c.score.update(dict(seq_len=128, rows=16, chunk=1024))
+  c.demo = ml_collections.ConfigDict(dict(
+      levels=(1,),               # synthetic difficulty levels (1: 3 operations, 2: 4-5, 3: 6-8)
+      train_problems=2000,       # SFT on their reference solutions; reward-model pools below
+      test_problems=100,
+      n=16,                      # samples per test problem: the best-of-N pool
+      rm_problems=800,           # training problems sampled for the ORM / PRM training data
+      rm_samples=4,              # samples per such problem
+      rm_steps=1500, rm_batch_size=32,  # 600 steps left the PRM a position prior (see README)
+      al_rm_steps=400,           # each active-learning generation's PRM (smaller label budgets)
+      prm_class_weights=(4.0, 1.0, 1.0),  # (neg, neutral, pos): negatives are rarer
+      bon_trials=400))
+  c.active.update(dict(generations=2, problems_per_generation=300, samples_per_problem=4,
+                       budget=600, eval_trials=200))
   return c

@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> None:
 
   def run(_):
     config = flags.FLAGS.config
+    if not flags.FLAGS["verbosity"].present:  # orbax's INFO lines would drown the progress bars
+      from absl import logging
+      logging.set_verbosity(logging.WARNING)
     try:
       if command == "demo":
         from prm_jax import demo
