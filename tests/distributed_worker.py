@@ -34,6 +34,10 @@ fwd = sharding.jit_apply(lambda m, x: m(x), graphdef, sharding.state_shardings(s
                          mesh, rules)
 logits = fwd(state, sharding.shard_batch(local, mesh, rules))
 full = multihost_utils.process_allgather(logits, tiled=True)
+# each process checks what it can see itself; the test compares process 0's logits to one process
+assert jax.process_count() == 2 and jax.device_count() == 2 * jax.local_device_count(), (
+    jax.process_count(), jax.device_count(), jax.local_device_count())
+assert full.shape == (8, 16, 128) and np.isfinite(np.asarray(full)).all()
 if process_id == 0:
   np.savez(out, logits=np.asarray(full), tokens=tokens, process_count=jax.process_count(),
            device_count=jax.device_count(), local_devices=jax.local_device_count())
