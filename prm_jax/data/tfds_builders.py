@@ -12,8 +12,10 @@ project's record contract and the reader's drops and checks run once, at build t
 
 from __future__ import annotations
 
+import abc
 import json
 import os
+from typing import Iterator
 
 import tensorflow_datasets as tfds
 
@@ -32,7 +34,39 @@ def _present(manual_dir: str, names: dict[str, str]) -> dict[str, str]:
   return found
 
 
-class Prm800k(tfds.core.GeneratorBasedBuilder):
+class _ManualJsonl(tfds.core.GeneratorBasedBuilder):
+  """A builder over JSONL files in `manual_dir`, one split per file present, one record per line.
+
+  Abstract (tfds registers only the concrete subclasses): a subclass names its FILES, its homepage
+  and how to read one file into records.
+  """
+
+  FILES: dict[str, str] = {}
+  HOMEPAGE = ""
+
+  def __init__(self, *, file_format=_FORMAT, **kwargs):
+    super().__init__(file_format=file_format, **kwargs)
+
+  @abc.abstractmethod
+  def read(self, path: str) -> Iterator[Problem | Solution]:
+    """The records of one manual file (the reader's drops and errors apply)."""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({"record": tfds.features.Text(),
+                                             "problem_id": tfds.features.Text()}),
+        homepage=self.HOMEPAGE)
+
+  def _split_generators(self, dl_manager):
+    paths = _present(os.fspath(dl_manager.manual_dir), self.FILES)
+    return {split: self._generate_examples(path) for split, path in paths.items()}
+
+  def _generate_examples(self, path):
+    for i, rec in enumerate(self.read(path)):
+      yield i, {"record": json.dumps(rec.to_dict(), ensure_ascii=False), "problem_id": rec.problem_id}
+
+
+class Prm800k(_ManualJsonl):
   """PRM800K step labels as `Solution` records (quality-control / screening / bad_problem dropped)."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -40,26 +74,13 @@ class Prm800k(tfds.core.GeneratorBasedBuilder):
       "Clone github.com/openai/prm800k with git-lfs and point manual_dir at prm800k/data/, which "
       "holds phase1_train.jsonl, phase1_test.jsonl, phase2_train.jsonl, phase2_test.jsonl.")
   FILES = {f"phase{p}_{s}": f"phase{p}_{s}.jsonl" for p in (1, 2) for s in ("train", "test")}
+  HOMEPAGE = "https://github.com/openai/prm800k"
 
-  def __init__(self, *, file_format=_FORMAT, **kwargs):
-    super().__init__(file_format=file_format, **kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({"record": tfds.features.Text(),
-                                             "problem_id": tfds.features.Text()}),
-        homepage="https://github.com/openai/prm800k")
-
-  def _split_generators(self, dl_manager):
-    paths = _present(os.fspath(dl_manager.manual_dir), self.FILES)
-    return {split: self._generate_examples(path) for split, path in paths.items()}
-
-  def _generate_examples(self, path):
-    for i, sol in enumerate(read_prm800k(path)):
-      yield i, {"record": json.dumps(sol.to_dict(), ensure_ascii=False), "problem_id": sol.problem_id}
+  def read(self, path: str) -> Iterator[Solution]:
+    return read_prm800k(path)
 
 
-class MathProblems(tfds.core.GeneratorBasedBuilder):
+class MathProblems(_ManualJsonl):
   """The MATH splits PRM800K uses (`math_splits/{train,test}.jsonl`) as `Problem` records."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -67,23 +88,10 @@ class MathProblems(tfds.core.GeneratorBasedBuilder):
       "Point manual_dir at prm800k/math_splits/ of github.com/openai/prm800k (train.jsonl, "
       "test.jsonl), or any folder with MATH-format train.jsonl / test.jsonl.")
   FILES = {"train": "train.jsonl", "test": "test.jsonl"}
+  HOMEPAGE = "https://github.com/hendrycks/math"
 
-  def __init__(self, *, file_format=_FORMAT, **kwargs):
-    super().__init__(file_format=file_format, **kwargs)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({"record": tfds.features.Text(),
-                                             "problem_id": tfds.features.Text()}),
-        homepage="https://github.com/hendrycks/math")
-
-  def _split_generators(self, dl_manager):
-    paths = _present(os.fspath(dl_manager.manual_dir), self.FILES)
-    return {split: self._generate_examples(path) for split, path in paths.items()}
-
-  def _generate_examples(self, path):
-    for i, p in enumerate(read_math(path)):
-      yield i, {"record": json.dumps(p.to_dict(), ensure_ascii=False), "problem_id": p.problem_id}
+  def read(self, path: str) -> Iterator[Problem]:
+    return read_math(path)
 
 
 def decode_solution(example) -> Solution:
