@@ -263,12 +263,18 @@ def render_report(m: dict) -> str:
            f"Best-of-N solve rate (%), mean ± std over {bon['trials']} trials, "
            f"{bon['num_problems']} test problems, {bon['pool_size']} samples per problem:", "",
            evaluation.markdown_table(bon), "", "![best-of-N](bon.png)", "",
-           "## Step-level PRM metrics (test samples, oracle labels)", "",
+           "## Reward-model metrics (test samples, oracle labels)", "",
            "| metric | value |", "|---|---|",
            f"| earliest-error F1 (ProcessBench; threshold {m['process']['threshold']:.2f} chosen on "
            f"dev problems) | {100 * m['process']['earliest_error_f1']:.1f} |",
            f"| step AUROC | {m['process']['step_auroc']:.3f} |",
-           f"| step ECE | {m['process']['ece']:.3f} |", "", "![calibration](calibration.png)", "",
+           f"| step ECE | {m['process']['ece']:.3f} |",
+           *[f"| {k.upper()}: right vs wrong answers to the same problem, AUROC (over "
+             f"{v['problems']} problems) | {_fmt(v['mean'])} |"
+             for k, v in bon.get("within_problem_auroc", {}).items()],
+           "", "Best-of-N only compares samples of one problem, so the last rows, not the step "
+           "AUROC (which also rewards telling easy problems from hard ones), predict its gain; "
+           "0.5 is chance.", "", "![calibration](calibration.png)", "",
            "## Active learning vs uniform selection (equal label budget)", "",
            f"Budget {al['budget']} solutions per generation, {al['generations']} generations, "
            f"labeller: {al['labeller']}. Generation 0 is shared (no PRM to select with yet).", "",
@@ -299,6 +305,10 @@ def render_report(m: dict) -> str:
             "reward models learn the oracle's arithmetic only in part; `--config.scale=4` grows "
             "the data and training.", ""]
   return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+  return "n/a" if x is None else f"{x:.3f}"
 
 
 def _al_table(al: dict) -> str:

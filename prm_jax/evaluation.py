@@ -129,7 +129,21 @@ def best_of_n(pools: Sequence[ProblemPool], ns: Sequence[int], trials: int = 400
   rates = {m: solved[m] / len(pools) for m in present}
   return {"n": [int(n) for n in ns], "num_problems": len(pools), "pool_size": int(full),
           "trials": trials, "methods": {m: {"mean": rates[m].mean(1).tolist(),
-                                            "std": rates[m].std(1).tolist()} for m in present}}
+                                            "std": rates[m].std(1).tolist()} for m in present},
+          "within_problem_auroc": {m: within_problem_auroc(pools, m) for m in ("prm", "orm")
+                                   if m in present}}
+
+
+def within_problem_auroc(pools: Sequence[ProblemPool], method: str) -> dict:
+  """How well a reward model ranks right above wrong answers *to the same problem*.
+
+  Best-of-N only ever compares samples of one problem, so this (not a global AUROC, which a model
+  also earns by telling easy problems from hard ones) is the number that predicts its gain. Mean over
+  the problems that have both right and wrong samples; None when there are none.
+  """
+  per = [auroc(p.scores[method], p.correct) for p in pools
+         if method in p.scores and 0 < p.correct.sum() < len(p.correct)]
+  return {"mean": float(np.mean(per)) if per else None, "problems": len(per)}
 
 
 def markdown_table(result: dict) -> str:
@@ -182,6 +196,10 @@ def run_bon_eval(solutions: Iterable[Solution], ns: Sequence[int], trials: int, 
     f.write(f"Best-of-N solve rate (%), mean ± std over {trials} trials, "
             f"{result['num_problems']} problems, pool size {result['pool_size']}\n\n"
             + markdown_table(result) + "\n")
+    for m, v in result["within_problem_auroc"].items():
+      shown = "n/a" if v["mean"] is None else f"{v['mean']:.3f}"
+      f.write(f"\n{m}: right vs wrong answers to the same problem, AUROC {shown} "
+              f"(over {v['problems']} problems with both)\n")
   plot_best_of_n(result, os.path.join(out_dir, "bon.png"))
   return result
 

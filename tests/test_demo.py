@@ -35,6 +35,13 @@ def test_demo_runs_the_whole_loop_and_reports_what_it_measured(tmp_path):
   # N=1 picks a uniformly random sample: every method has the same solve rate in expectation
   assert all(0.0 <= v["mean"][0] <= 1.0 for v in bon["methods"].values())
 
+  # within-problem ranking quality, the number that predicts best-of-N, is reported for both RMs
+  assert set(bon["within_problem_auroc"]) == {"prm", "orm"}
+  for k, v in bon["within_problem_auroc"].items():
+    shown = "n/a" if v["mean"] is None else f"{v['mean']:.3f}"
+    assert f"| {k.upper()}: right vs wrong answers to the same problem, AUROC (over " \
+           f"{v['problems']} problems) | {shown} |" in report
+
   # stage times: one per stage, each printed
   assert list(m["stages"]) == ["problems", "tokenizer", "sft", "sample", "label", "orm", "prm",
                                "score", "best-of-n", "active learning", "report"]

@@ -45,6 +45,28 @@ def test_best_of_n_matches_the_closed_form():
   assert r["methods"]["prm"]["std"][-1] == pytest.approx(0.0, abs=1e-12)  # N = pool: no variance
 
 
+def test_within_problem_auroc_ignores_problem_difficulty():
+  """A score that only knows which problem is easy ranks well globally but at chance within a
+  problem; one that ranks right above wrong inside each problem scores 1.0."""
+  rng = np.random.default_rng(0)
+  easy = lambda i: i % 2 == 0
+  pools = []
+  for i in range(40):
+    correct = rng.random(8) < (0.8 if easy(i) else 0.2)
+    correct[:2] = [True, False]  # every problem mixed
+    difficulty = np.full(8, 0.9 if easy(i) else 0.1) + 0.01 * rng.random(8)
+    verifier = correct + 0.1 * rng.random(8)
+    pools.append(ProblemPool(f"p{i}", correct, np.ones(8, bool), np.arange(8),
+                             {"prm": verifier, "orm": difficulty}))
+  r = best_of_n(pools, [1, 8], trials=50, seed=0)
+  assert r["within_problem_auroc"]["prm"] == {"mean": 1.0, "problems": 40}
+  assert abs(r["within_problem_auroc"]["orm"]["mean"] - 0.5) < 0.15
+  flat = lambda k: np.concatenate([p.scores[k] for p in pools])
+  from prm_jax.evaluation import auroc
+  assert auroc(flat("orm"), np.concatenate([p.correct for p in pools])) > 0.7  # global: looks good
+  assert r["methods"]["prm"]["mean"][-1] == 1.0
+
+
 def test_majority_groups_equivalent_answers():
   assert group_answers(["1/2", "0.5", "\\frac{1}{2}", "3", None, "x=3"]).tolist() == [0, 0, 0, 1, -1, 1]
   # 3 samples say "\\frac12" (wrong: truth 3), 4 say equivalent forms of 3 -> majority right once grouped
@@ -84,7 +106,11 @@ def test_bon_eval_cli_on_the_papers_scored_samples_format(tmp_path):
   # scores 0.0..0.5, even k correct: the top score (k=5) is wrong, so N=4 of 6 solves when 5 is
   # not drawn (1/3) and 4 is (4/5): 4/15
   assert bon["methods"]["prm"]["mean"][2] == pytest.approx(4 / 15, abs=0.03)
+  # right answers score 0.0, 0.2, 0.4 and wrong ones 0.1, 0.3, 0.5: 3 of 9 pairs ordered right
+  assert bon["within_problem_auroc"]["prm"] == {"mean": pytest.approx(1 / 3), "problems": 1}
+  assert bon["within_problem_auroc"]["orm"]["mean"] == pytest.approx(0.5)  # all tied
   assert (out / "bon.md").read_text().count("|") > 10
+  assert "prm: right vs wrong answers to the same problem, AUROC 0.333" in (out / "bon.md").read_text()
   assert (out / "bon.png").stat().st_size > 10_000
 
 

@@ -46,6 +46,11 @@ def test_problems_are_seeded_disjoint_and_reference_solutions_are_right():
     assert ref.answer == p.answer
   with pytest.raises(ValueError, match="not a synthetic problem"):
     synthetic.parse_problem("What is 2+2?")
+  # level 0 keeps every intermediate value in 0..20 (a fact table a tiny verifier can learn)
+  for p in synthetic.make_problems(200, 3, levels=(0,)):
+    ref = synthetic.reference_solution(p)
+    values = [int(step.split("=")[1]) for step in ref.steps[:-2]]
+    assert len(values) == 3 and all(0 <= v <= 20 for v in values), ref.steps
 
 
 def test_imperfect_solutions_cover_every_label():

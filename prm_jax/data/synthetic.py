@@ -22,8 +22,10 @@ from prm_jax.records import Problem, Solution
 
 OPS = {"add": "+", "subtract": "-", "multiply by": "*"}
 SYMBOL_TO_WORD = {v: k for k, v in OPS.items()}
-# level -> (operations, operand range, multiplier range)
-LEVELS = {1: ((3, 3), (1, 9), (2, 3)), 2: ((4, 5), (1, 20), (2, 4)), 3: ((6, 8), (1, 30), (2, 5))}
+# level -> (operations, operand range, multiplier range, bound on every intermediate value or None)
+# Level 0 keeps every value in 0..20: a fact table small enough for a tiny verifier to learn.
+LEVELS = {0: ((3, 3), (1, 9), (2, 3), 20), 1: ((3, 3), (1, 9), (2, 3), None),
+          2: ((4, 5), (1, 20), (2, 4), None), 3: ((6, 8), (1, 30), (2, 5), None)}
 
 
 def apply(a: int, op: str, b: int) -> int:
@@ -31,15 +33,18 @@ def apply(a: int, op: str, b: int) -> int:
 
 
 def make_problem(rng: np.random.Generator, level: int) -> Problem:
-  (lo, hi), (vlo, vhi), (mlo, mhi) = LEVELS[level]
+  (lo, hi), (vlo, vhi), (mlo, mhi), bound = LEVELS[level]
   n_ops = int(rng.integers(lo, hi + 1))
   start = int(rng.integers(vlo, vhi + 1))
   ops, value = [], start
   for _ in range(n_ops):
-    word = str(rng.choice(list(OPS)))
-    if word == "multiply by" and abs(value) > 200:
-      word = "subtract"
-    b = int(rng.integers(mlo, mhi + 1)) if word == "multiply by" else int(rng.integers(vlo, vhi + 1))
+    while True:
+      word = str(rng.choice(list(OPS)))
+      if word == "multiply by" and abs(value) > 200:
+        word = "subtract"
+      b = int(rng.integers(mlo, mhi + 1)) if word == "multiply by" else int(rng.integers(vlo, vhi + 1))
+      if bound is None or 0 <= apply(value, OPS[word], b) <= bound:
+        break
     ops.append((OPS[word], b))
     value = apply(value, OPS[word], b)
   text = f"Start with {start}, " + ", ".join(f"{SYMBOL_TO_WORD[o]} {b}" for o, b in ops)
