@@ -19,7 +19,7 @@ def get_config():
   c.sample.update(dict(batch_size=128, max_new_tokens=64, temperature=0.8))
   c.score.update(dict(seq_len=128, rows=16, chunk=1024))
   c.demo = ml_collections.ConfigDict(dict(
-      levels=(1,),               # synthetic difficulty levels (1: 3 operations, 2: 4-5, 3: 6-8)
+      levels=(1,),  # synthetic levels (0: 3 operations, values in 0..20; 1: 3; 2: 4-5; 3: 6-8)
       train_problems=2000,       # SFT on their reference solutions; reward-model pools below
       test_problems=100,
       n=16,                      # samples per test problem: the best-of-N pool
