@@ -15,13 +15,13 @@ from flax import nnx
 
 from configs import base
 from prm_jax.model import CausalLM, KVCache
-from prm_jax.records import Problem, read_solutions
+from prm_jax.records import Problem, read_solutions, write_jsonl
 from prm_jax.sampling import (SamplingConfig, Sampler, apply_top_k, apply_top_p, generate, left_pad,
                               row_keys)
 from prm_jax.scoring import Scorer
 from prm_jax.tokenizer import train_sentencepiece
 from prm_jax.train.loop import train
-from tests import synthetic_steps
+from tests.conftest import one_digit_sums
 
 PRM_JAX = os.path.join(os.path.dirname(sys.executable), "prm-jax")
 
@@ -100,7 +100,7 @@ def test_stops_after_the_answer_line():
 def runs(tmp_path_factory):
   """A tiny generator (SFT) and PRM trained on the synthetic step task."""
   root = tmp_path_factory.mktemp("runs")
-  sols = synthetic_steps.make(300, 11)
+  sols = one_digit_sums(300, 11)
   tok = train_sentencepiece(["Add.\n" + s.text for s in sols], vocab_size=300)
   out = {}
   for task in ("sft", "prm"):
@@ -117,7 +117,7 @@ def runs(tmp_path_factory):
                               + "\n" for i in range(40)))
   out["problems"] = str(problems)
   solutions = root / "solutions.jsonl"
-  synthetic_steps.write(solutions, synthetic_steps.make(2000, 12))  # long enough to kill mid-run
+  write_jsonl(str(solutions), one_digit_sums(2000, 12))  # long enough to kill mid-run
   out["solutions"] = str(solutions)
   return out
 

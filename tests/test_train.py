@@ -21,15 +21,15 @@ from prm_jax.tokenizer import IGNORE, train_sentencepiece
 from prm_jax.train import trainer
 from prm_jax.train.checkpoints import load_params
 from prm_jax.train.loop import TrainingDiverged, train
-from tests import synthetic_steps
-from tests.conftest import ROOT
+from prm_jax.records import write_jsonl
+from tests.conftest import ROOT, one_digit_sums
 
 PRM_JAX = os.path.join(os.path.dirname(sys.executable), "prm-jax")
 
 
 @pytest.fixture(scope="module")
 def tok():
-  return train_sentencepiece(["Add.\n" + s.text for s in synthetic_steps.make(200, 9)],
+  return train_sentencepiece(["Add.\n" + s.text for s in one_digit_sums(200, 9)],
                              vocab_size=300)
 
 
@@ -46,7 +46,7 @@ def tiny_config(workdir, task, steps, **train):
 
 
 def test_prm_learns_step_labels_above_majority(tmp_path, tok):
-  train_sols, test_sols = synthetic_steps.make(600, 0), synthetic_steps.make(200, 1)
+  train_sols, test_sols = one_digit_sums(600, 0), one_digit_sums(200, 1)
   summary = train(tiny_config(tmp_path, "prm", 300), records=train_sols, tokenizer=tok)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: trainer.build_model(
       "prm", trainer.ModelConfig.from_dict(tiny_config(tmp_path, "prm", 1).model), nnx.Rngs(0))),
@@ -98,7 +98,8 @@ def wait_for_checkpoint(workdir, step, proc, timeout=240):
 def sft_data(tmp_path_factory, tok):
   d = tmp_path_factory.mktemp("sftdata")
   tok.save(str(d / "tok.model"))
-  return synthetic_steps.write(d / "train.jsonl", synthetic_steps.make(400, 3)), str(d / "tok.model")
+  write_jsonl(str(d / "train.jsonl"), one_digit_sums(400, 3))
+  return str(d / "train.jsonl"), str(d / "tok.model")
 
 
 def test_sigkill_resume_reproduces_the_uninterrupted_losses(tmp_path, sft_data):
@@ -144,7 +145,7 @@ def test_divergence_stops_and_keeps_finite_checkpoints(tmp_path, tok):
   cfg = tiny_config(tmp_path, "sft", 50, learning_rate=1e30, warmup_steps=1, log_every=1,
                     save_every=1, async_checkpoint=False, grad_clip=1e30)
   with pytest.raises(TrainingDiverged, match="non-finite loss or gradient at step"):
-    train(cfg, records=synthetic_steps.make(100, 4), tokenizer=tok)
+    train(cfg, records=one_digit_sums(100, 4), tokenizer=tok)
   steps = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
   assert steps  # the good steps before it were checkpointed
   import orbax.checkpoint as ocp
@@ -156,7 +157,7 @@ def test_divergence_stops_and_keeps_finite_checkpoints(tmp_path, tok):
 
 
 def test_prm_step_loss_same_on_meshes(tok):
-  sols = synthetic_steps.make(64, 5)
+  sols = one_digit_sums(64, 5)
   batch = next(iter(make_dataset(sols, tok, seq_len=64, global_batch=8, seed=0)))
   cfg = trainer.ModelConfig.from_dict(tiny_config("/tmp", "prm", 1).model)
   tc = tiny_config("/tmp", "prm", 10).train
@@ -191,7 +192,7 @@ def read_tb_scalars(tb_dir):
 
 
 def test_metrics_jsonl_and_tensorboard(tmp_path, tok):
-  train(tiny_config(tmp_path, "orm", 6, log_every=2), records=synthetic_steps.make(64, 6),
+  train(tiny_config(tmp_path, "orm", 6, log_every=2), records=one_digit_sums(64, 6),
         tokenizer=tok)
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [2, 4, 6]
@@ -208,7 +209,7 @@ def test_gradient_accumulation_updates_every_k_steps(tok):
   model = sharding.init_sharded(lambda: trainer.build_model("sft", cfg, nnx.Rngs(0)), mesh,
                                 sharding.DEFAULT_RULES)
   graphdef, state, sh = trainer.create_train_state(model, tx, mesh, sharding.DEFAULT_RULES)
-  b = next(iter(make_dataset(synthetic_steps.make(64, 7), tok, seq_len=64, global_batch=8)))
+  b = next(iter(make_dataset(one_digit_sums(64, 7), tok, seq_len=64, global_batch=8)))
   bsh = sharding.logical_sharding(("batch",), (8, 64), mesh, sharding.DEFAULT_RULES)
   step = trainer.make_train_step(graphdef, tx, trainer.task_loss("sft", tc), sh,
                                  {k: bsh for k in b}, mesh, sharding.DEFAULT_RULES)
@@ -225,7 +226,7 @@ def test_gradient_accumulation_updates_every_k_steps(tok):
 def test_reward_model_init_from_generator_and_hf(tmp_path, tok):
   from prm_jax.train.loop import _init_from
   sft_dir = tmp_path / "sft"
-  train(tiny_config(sft_dir, "sft", 3), records=synthetic_steps.make(64, 8), tokenizer=tok)
+  train(tiny_config(sft_dir, "sft", 3), records=one_digit_sums(64, 8), tokenizer=tok)
   cfg = trainer.ModelConfig.from_dict(tiny_config("/tmp", "prm", 1).model)
   mesh = sharding.make_mesh((2, 2, 2))
   rm = sharding.init_sharded(lambda: trainer.build_model("prm", cfg, nnx.Rngs(1)), mesh,
