@@ -19,14 +19,19 @@ def get_config():
   c.sample.update(dict(batch_size=128, max_new_tokens=64, temperature=0.8))
   c.score.update(dict(seq_len=128, rows=16, chunk=1024))
   c.demo = ml_collections.ConfigDict(dict(
-      levels=(1,),  # synthetic levels (0: 3 operations, values in 0..20; 1: 3; 2: 4-5; 3: 6-8)
-      train_problems=2000,       # SFT on their reference solutions; reward-model pools below
-      test_problems=100,
+      levels=(0,),  # synthetic levels (0: 3 operations, values in 0..20; 1: 3; 2: 4-5; 3: 6-8)
+      train_problems=8000,       # SFT on their reference solutions; reward-model pools below
+      test_problems=200,
       n=16,                      # samples per test problem: the best-of-N pool
-      rm_problems=800,           # training problems sampled for the ORM / PRM training data
-      rm_samples=4,              # samples per such problem
-      rm_steps=1500, rm_batch_size=32,  # 600 steps left the PRM a position prior (see README)
-      al_rm_steps=400,           # each active-learning generation's PRM (smaller label budgets)
+      # The reward models start from a deeper LM trained on the same references (the paper's
+      # pretrained base); 0 steps starts them from the generator. A 2-layer reward model cannot
+      # read the arithmetic its own top layer computes (README, "Why a separate base").
+      rm_base_steps=1000,
+      rm_base_model=dict(num_layers=4, mlp_dim=256),
+      rm_problems=3000,          # training problems sampled for the ORM / PRM training data
+      rm_samples=2,              # samples per such problem
+      rm_steps=800, rm_batch_size=16, rm_learning_rate=1e-3,
+      al_rm_steps=300,           # each active-learning generation's PRM (smaller label budgets)
       prm_class_weights=(4.0, 1.0, 1.0),  # (neg, neutral, pos): negatives are rarer
       bon_trials=400))
   c.active.update(dict(generations=2, problems_per_generation=300, samples_per_problem=4,

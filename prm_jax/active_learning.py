@@ -168,7 +168,8 @@ class ActiveLearning:
     c = ml_collections.ConfigDict(self.config.to_dict())
     c.workdir = workdir
     c.train.task = "prm"
-    c.train.init_from = self.generator  # retrain from the base every generation
+    # retrain from the start every generation: train.init_from, else the generator
+    c.train.init_from = self.config.train.get("init_from") or self.generator
     if os.path.exists(os.path.join(workdir, "params")):
       return workdir
     tok = SentencePieceTokenizer.load(os.path.join(self.generator, "tokenizer.model"))

@@ -1,11 +1,11 @@
 """`prm-jax demo`: the paper's loop, end to end, on the synthetic arithmetic domain.
 
-tokenizer -> SFT generator -> sample N per test problem (and pools for reward-model data) -> grade
+tokenizer -> SFT generator (and the reward models' larger base LM) -> sample N per test problem (and pools for reward-model data) -> grade
 and label with the oracle -> train ORM (outcomes) and PRM (step labels) -> score -> best-of-N
 (PRM / ORM / majority / weighted vote) -> active learning vs uniform selection -> report.
 
     runs/demo/report.md  metrics.json  bon.png  calibration.png  active_learning.png
-    runs/demo/{generator,orm,prm}/     training runs (orbax checkpoints, params, tokenizer)
+    runs/demo/{generator,base,orm,prm}/ training runs (orbax checkpoints, params, tokenizer)
     runs/demo/data/                     problems, samples, scored samples (JSONL `Solution`s)
     runs/demo/active_learning/          every generation's data and PRM
 """
@@ -25,7 +25,7 @@ from prm_jax import evaluation
 from prm_jax.data import synthetic
 from prm_jax.records import Solution, read_solutions, write_jsonl
 
-STAGES = ("problems", "tokenizer", "sft", "sample", "label", "orm", "prm", "score", "best-of-n",
+STAGES = ("problems", "tokenizer", "sft", "base", "sample", "label", "orm", "prm", "score", "best-of-n",
           "active learning", "report")
 MARKER = "demo_config.json"
 
@@ -58,9 +58,11 @@ def scaled(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   d.train_problems, d.test_problems = grow(d.train_problems, 50), grow(d.test_problems, 8)
   d.rm_problems, d.rm_steps = grow(d.rm_problems, 16), grow(d.rm_steps, 20)
   d.al_rm_steps = grow(d.al_rm_steps, 20)
+  if d.rm_base_steps > 0:
+    d.rm_base_steps = grow(d.rm_base_steps, 20)
   c.train.steps = grow(c.train.steps, 20)
   a.problems_per_generation, a.budget = grow(a.problems_per_generation, 8), grow(a.budget, 16)
-  c.train.save_every = max(c.train.steps, d.rm_steps)
+  c.train.save_every = max(c.train.steps, d.rm_steps, d.rm_base_steps)
   c.train.log_every = max(1, min(c.train.log_every, c.train.steps, d.rm_steps))
   if d.rm_problems + a.generations * a.problems_per_generation > d.train_problems:
     raise ValueError(f"demo.rm_problems + active.generations * active.problems_per_generation "
@@ -86,10 +88,15 @@ def _train(config, workdir, task, records, tok, **train):
   return train_loop(c, records=records, tokenizer=tok, desc=task)
 
 
+def _rm_start(c) -> str:
+  """Reward models start from the base LM when the config trains one, else from the generator."""
+  return os.path.join(c.workdir, "base" if c.demo.rm_base_steps > 0 else "generator")
+
+
 def _rm_overrides(c, task: str) -> dict:
   d = c.demo
   over = dict(steps=d.rm_steps, batch_size=d.rm_batch_size, save_every=d.rm_steps,
-              init_from=os.path.join(c.workdir, "generator"))
+              learning_rate=d.rm_learning_rate, init_from=_rm_start(c))
   if task == "prm":
     over["class_weights"] = tuple(d.prm_class_weights)
   return over
@@ -102,7 +109,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
   with open(os.path.join(w, MARKER), "w") as f:
     f.write(c.to_json_best_effort(indent=1))
   data = os.path.join(w, "data")
-  prog = Progress()
+  prog = Progress([s for s in STAGES if s != "base" or d.rm_base_steps > 0])
   print(f"prm-jax demo: {d.train_problems} training / {d.test_problems} test problems "
         f"(levels {tuple(d.levels)}), {jax.device_count()} {jax.default_backend()} device(s), "
         f"writing {w}", flush=True)
@@ -125,6 +132,12 @@ def run(config: ml_collections.ConfigDict) -> dict:
   if tok.vocab_size > c.model.vocab_size:
     raise ValueError(f"model.vocab_size={c.model.vocab_size} < tokenizer {tok.vocab_size}")
   sft = prog.run("sft", _train, c, os.path.join(w, "generator"), "sft", refs, tok)
+  base = None
+  if d.rm_base_steps > 0:  # the paper's pretrained base: the same references, a deeper model
+    b = ml_collections.ConfigDict(c.to_dict())
+    b.model.update(d.rm_base_model.to_dict())
+    base = prog.run("base", _train, b, os.path.join(w, "base"), "sft", refs, tok,
+                    steps=d.rm_base_steps, save_every=d.rm_base_steps)
 
   rm_p = train_p[:d.rm_problems]
   al_p = train_p[d.rm_problems:]
@@ -202,7 +215,12 @@ def run(config: ml_collections.ConfigDict) -> dict:
                           "n": d.n, "rm_problems": d.rm_problems, "rm_samples": d.rm_samples,
                           "sft_steps": c.train.steps, "rm_steps": d.rm_steps,
                           "al_rm_steps": d.al_rm_steps,
-                          "num_params": sft.get("num_params")}}
+                          "num_params": sft.get("num_params"),
+                          "num_layers": c.model.num_layers,
+                          "rm_base_steps": d.rm_base_steps,
+                          "rm_base_params": base.get("num_params") if base else None,
+                          "rm_base_layers": (d.rm_base_model.get("num_layers", c.model.num_layers)
+                                             if base else None)}}
     metrics["stages"]["report"] = 0.0
     metrics["total_seconds"] = time.perf_counter() - prog.t0
     with open(os.path.join(w, "metrics.json"), "w") as f:
@@ -283,15 +301,18 @@ def render_report(m: dict) -> str:
            "| | |", "|---|---|",
            f"| problems (train / test) | {cfg['train_problems']} / {cfg['test_problems']}, "
            f"levels {cfg['levels']} |",
-           f"| model | {cfg['num_params']:,} parameters (generator; ORM/PRM add a head) |",
-           f"| generator SFT | {cfg['sft_steps']} steps, loss {g['sft_loss_first']:.3f} -> "
-           f"{g['sft_loss_last']:.3f} |",
+           f"| generator | {cfg['num_params']:,} parameters, {cfg['num_layers']} layers; SFT "
+           f"{cfg['sft_steps']} steps, loss {g['sft_loss_first']:.3f} -> {g['sft_loss_last']:.3f} |",
+           *([f"| reward models' base LM | {cfg['rm_base_params']:,} parameters, "
+              f"{cfg['rm_base_layers']} layers; {cfg['rm_base_steps']} steps on the same references |"]
+             if cfg.get("rm_base_steps") else []),
            f"| generator on test | pass@1 {100 * g['pass_at_1']:.1f}%, any of {cfg['n']} correct "
            f"{100 * g['any_correct']:.1f}%, answered {100 * g['answered']:.1f}% |",
            f"| reward-model data | {lab['solutions']} samples ({cfg['rm_problems']} problems x "
            f"{cfg['rm_samples']}), {100 * lab['correct_answers']:.1f}% correct answers; oracle step labels: "
            f"{lab['positive']} positive, {lab['neutral']} neutral, {lab['negative']} negative |",
-           f"| ORM / PRM training | {cfg['rm_steps']} steps each, from the generator "
+           f"| ORM / PRM training | {cfg['rm_steps']} steps each, from the "
+           f"{'base LM' if cfg.get('rm_base_steps') else 'generator'} "
            f"(active-learning PRMs: {cfg['al_rm_steps']}) |",
            f"| devices | {m['devices']} x {m['backend']} |", "",
            "## Wall time", "", "| stage | seconds |", "|---|---|"]
@@ -301,9 +322,9 @@ def render_report(m: dict) -> str:
             "- Every number above is computed by this run; nothing is tuned on the test problems.",
             "- Solve rates come from the paper's protocol: per trial, N samples drawn from each "
             "problem's pool; the chosen sample's final answer is graded.",
-            "- The models are tiny (2 layers, 64 wide) and trained for minutes on a CPU, so the "
-            "reward models learn the oracle's arithmetic only in part; `--config.scale=4` grows "
-            "the data and training.", ""]
+            "- The models are tiny (64 wide, a few layers) and trained for minutes on a CPU, so "
+            "the reward models learn the oracle's arithmetic only in part; `--config.scale=4` "
+            "grows the data and training.", ""]
   return "\n".join(lines)
 
 

@@ -20,8 +20,16 @@ def test_demo_runs_the_whole_loop_and_reports_what_it_measured(tmp_path):
                "active_learning/active_learning.json", "active_learning/gen0/prm/params",
                "active_learning/active/gen1/labelled.jsonl", "active_learning/uniform/gen1/eval.json"):
     assert (workdir / name).exists(), name
-  for run_dir in ("generator", "orm", "prm"):
+  for run_dir in ("generator", "base", "orm", "prm"):
     assert (workdir / run_dir / "params").is_dir()
+  # the reward models start from the deeper base LM, and keep its shape
+  base_cfg = json.loads((workdir / "base" / "config.json").read_text())["model"]
+  gen_cfg = json.loads((workdir / "generator" / "config.json").read_text())["model"]
+  assert base_cfg["num_layers"] == 4 != gen_cfg["num_layers"]
+  for run_dir in ("orm", "prm", "active_learning/gen0/prm"):
+    cfg = json.loads((workdir / run_dir / "config.json").read_text())
+    assert cfg["train"]["init_from"] == str(workdir / "base")
+    assert cfg["model"]["num_layers"] == 4
   m = json.loads((workdir / "metrics.json").read_text())
   report = (workdir / "report.md").read_text()
 
@@ -43,12 +51,12 @@ def test_demo_runs_the_whole_loop_and_reports_what_it_measured(tmp_path):
            f"{v['problems']} problems) | {shown} |" in report
 
   # stage times: one per stage, each printed
-  assert list(m["stages"]) == ["problems", "tokenizer", "sft", "sample", "label", "orm", "prm",
-                               "score", "best-of-n", "active learning", "report"]
+  assert list(m["stages"]) == ["problems", "tokenizer", "sft", "base", "sample", "label", "orm",
+                               "prm", "score", "best-of-n", "active learning", "report"]
   for stage, seconds in m["stages"].items():
     assert f"| {stage} | {seconds:.1f} |" in report
   assert f"| **total** | {m['total_seconds']:.1f} |" in report
-  assert "[11/11] report done in" in p.stdout  # the one progress display
+  assert "[12/12] report done in" in p.stdout  # the one progress display
 
   # active learning: both strategies, two generations, in the report's table
   al = m["active_learning"]

@@ -251,6 +251,19 @@ def test_reward_model_init_from_generator_and_hf(tmp_path, tok):
   np.testing.assert_allclose(rm2.hidden(x), load_hf_causal_lm(str(hf)).transformer(x)[0], atol=1e-5)
 
 
+def test_reward_model_takes_its_starting_runs_architecture(tmp_path, tok):
+  base = tmp_path / "base"
+  c = tiny_config(base, "sft", 2)
+  c.model.num_layers = 3  # deeper than the reward model's own config says
+  train(c, records=one_digit_sums(32, 3), tokenizer=tok)
+  rm = tmp_path / "prm"
+  train(tiny_config(rm, "prm", 1, init_from=str(base)), records=one_digit_sums(32, 4), tokenizer=tok)
+  assert json.loads((rm / "config.json").read_text())["model"]["num_layers"] == 3
+  with pytest.raises(FileNotFoundError, match="not a prm_jax training run.*config.json"):
+    train(tiny_config(tmp_path / "x", "prm", 1, init_from=str(tmp_path / "empty")),
+          records=one_digit_sums(32, 4), tokenizer=tok)
+
+
 def test_checkpoint_restores_onto_another_mesh_and_keeps_last_n(tmp_path, tok):
   from prm_jax.train.checkpoints import Checkpointer, abstract_with_shardings
   cfg = trainer.ModelConfig.from_dict(tiny_config("/tmp", "prm", 1).model)

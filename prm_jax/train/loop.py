@@ -65,6 +65,16 @@ def tokenizer_for(config, records, decode, workdir: str):
   return tok
 
 
+def _base_model(workdir: str) -> dict:
+  """The model section of the prm_jax run a reward model starts from."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"train.init_from={workdir!r} is not a prm_jax training run: "
+                            f"{path} is missing (use hf:PATH for Hugging Face weights)")
+  with open(path) as f:
+    return dict(json.load(f)["model"])
+
+
 def _init_from(model, spec: str, cfg: ModelConfig, mesh, rules) -> None:
   """Reward models start from a generator: a prm_jax SFT workdir, or `hf:PATH` weights."""
   if spec.startswith("hf:"):
@@ -99,6 +109,10 @@ def train(config: ml_collections.ConfigDict, records: Sequence[Solution] | None 
   if jax.process_index() == 0:  # a finished run is self-contained: sampling/scoring read it back
     tok.save(os.path.join(workdir, "tokenizer.model"))
   model_dict = dict(config.model.to_dict())
+  if tc.init_from and not tc.init_from.startswith("hf:"):
+    model_dict = _base_model(tc.init_from)  # the starting weights fix the architecture
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model = ml_collections.ConfigDict(model_dict)
   if model_dict["vocab_size"] < tok.vocab_size:
     raise ValueError(f"model vocab_size {model_dict['vocab_size']} < tokenizer's {tok.vocab_size}")
   cfg = ModelConfig.from_dict(model_dict)
