@@ -1,8 +1,9 @@
 """`prm-jax demo`: the paper's loop, end to end, on the synthetic arithmetic domain.
 
-tokenizer -> SFT generator (and the reward models' larger base LM) -> sample N per test problem (and pools for reward-model data) -> grade
-and label with the oracle -> train ORM (outcomes) and PRM (step labels) -> score -> best-of-N
-(PRM / ORM / majority / weighted vote) -> active learning vs uniform selection -> report.
+tokenizer -> SFT generator (and the reward models' deeper base LM) -> sample N per test problem
+(and pools for reward-model data) -> grade and label with the oracle -> train ORM (outcomes) and
+PRM (step labels) from the base -> score -> best-of-N (PRM / ORM / majority / weighted vote) ->
+active learning vs uniform selection -> report.
 
     runs/demo/report.md  metrics.json  bon.png  calibration.png  active_learning.png
     runs/demo/{generator,base,orm,prm}/ training runs (orbax checkpoints, params, tokenizer)
@@ -25,8 +26,8 @@ from prm_jax import evaluation
 from prm_jax.data import synthetic
 from prm_jax.records import Solution, read_solutions, write_jsonl
 
-STAGES = ("problems", "tokenizer", "sft", "base", "sample", "label", "orm", "prm", "score", "best-of-n",
-          "active learning", "report")
+STAGES = ("problems", "tokenizer", "sft", "base", "sample", "label", "orm", "prm", "score",
+          "best-of-n", "active learning", "report")
 MARKER = "demo_config.json"
 
 
@@ -288,7 +289,7 @@ def render_report(m: dict) -> str:
            f"| step AUROC | {m['process']['step_auroc']:.3f} |",
            f"| step ECE | {m['process']['ece']:.3f} |",
            *[f"| {k.upper()}: right vs wrong answers to the same problem, AUROC (over "
-             f"{v['problems']} problems) | {_fmt(v['mean'])} |"
+             f"{v['problems']} problems) | {evaluation.format_auroc(v['mean'])} |"
              for k, v in bon.get("within_problem_auroc", {}).items()],
            "", "Best-of-N only compares samples of one problem, so the last rows, not the step "
            "AUROC (which also rewards telling easy problems from hard ones), predict its gain; "
@@ -326,10 +327,6 @@ def render_report(m: dict) -> str:
             "the reward models learn the oracle's arithmetic only in part; `--config.scale=4` "
             "grows the data and training.", ""]
   return "\n".join(lines)
-
-
-def _fmt(x: float | None) -> str:
-  return "n/a" if x is None else f"{x:.3f}"
 
 
 def _al_table(al: dict) -> str:

@@ -146,6 +146,11 @@ def within_problem_auroc(pools: Sequence[ProblemPool], method: str) -> dict:
   return {"mean": float(np.mean(per)) if per else None, "problems": len(per)}
 
 
+def format_auroc(x: float | None) -> str:
+  """A within-problem AUROC as printed in bon.md and the demo report ("n/a": no mixed problem)."""
+  return "n/a" if x is None else f"{x:.3f}"
+
+
 def markdown_table(result: dict) -> str:
   methods = list(result["methods"])
   lines = ["| N | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
@@ -197,9 +202,8 @@ def run_bon_eval(solutions: Iterable[Solution], ns: Sequence[int], trials: int, 
             f"{result['num_problems']} problems, pool size {result['pool_size']}\n\n"
             + markdown_table(result) + "\n")
     for m, v in result["within_problem_auroc"].items():
-      shown = "n/a" if v["mean"] is None else f"{v['mean']:.3f}"
-      f.write(f"\n{m}: right vs wrong answers to the same problem, AUROC {shown} "
-              f"(over {v['problems']} problems with both)\n")
+      f.write(f"\n{m}: right vs wrong answers to the same problem, AUROC "
+              f"{format_auroc(v['mean'])} (over {v['problems']} problems with both)\n")
   plot_best_of_n(result, os.path.join(out_dir, "bon.png"))
   return result
 
