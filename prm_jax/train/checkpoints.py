@@ -70,6 +70,17 @@ def load_params(path: str, abstract_params) -> Any:
   return ocp.StandardCheckpointer().restore(os.path.abspath(path), abstract_params)
 
 
+def read_run_config(workdir: str, *required: str, hint: str = "") -> dict:
+  """A training run's config.json, once it and `required` (e.g. "params") are known to exist."""
+  for name in ("config.json", *required):
+    path = os.path.join(workdir, name)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{workdir} is not a prm_jax training run (or not a finished one): "
+                              f"{path} is missing{hint}")
+  with open(os.path.join(workdir, "config.json")) as f:
+    return json.load(f)
+
+
 def load_trained(workdir: str, mesh=None, rules=None):
   """(model, ModelConfig, tokenizer, task) of a finished training run's workdir, sharded on `mesh`."""
   from flax import nnx
@@ -77,12 +88,8 @@ def load_trained(workdir: str, mesh=None, rules=None):
   from prm_jax.model import ModelConfig
   from prm_jax.tokenizer import SentencePieceTokenizer
   from prm_jax.train.trainer import build_model
-  cfg_path, params_path = os.path.join(workdir, "config.json"), os.path.join(workdir, "params")
-  for path in (cfg_path, params_path, os.path.join(workdir, "tokenizer.model")):
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{workdir} is not a finished training run: {path} is missing")
-  with open(cfg_path) as f:
-    config = json.load(f)
+  config = read_run_config(workdir, "params", "tokenizer.model")
+  params_path = os.path.join(workdir, "params")
   cfg = ModelConfig.from_dict(config["model"])
   task = config["train"]["task"]
   rules = tuple(tuple(r) for r in (rules or config.get("rules") or sharding.DEFAULT_RULES))

@@ -30,7 +30,7 @@ from prm_jax.records import Solution
 from prm_jax.tokenizer import SentencePieceTokenizer, train_sentencepiece
 from prm_jax.train import trainer
 from prm_jax.train.checkpoints import (Checkpointer, abstract_with_shardings, export_params,
-                                      load_params)
+                                      load_params, read_run_config)
 from prm_jax.train.metrics import MetricWriter, peak_flops_per_device, train_flops_per_token
 
 
@@ -63,16 +63,6 @@ def tokenizer_for(config, records, decode, workdir: str):
                               vocab_size=config.tokenizer.vocab_size,
                               model_type=config.tokenizer.model_type)
   return tok
-
-
-def _base_model(workdir: str) -> dict:
-  """The model section of the prm_jax run a reward model starts from."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"train.init_from={workdir!r} is not a prm_jax training run: "
-                            f"{path} is missing (use hf:PATH for Hugging Face weights)")
-  with open(path) as f:
-    return dict(json.load(f)["model"])
 
 
 def _init_from(model, spec: str, cfg: ModelConfig, mesh, rules) -> None:
@@ -110,7 +100,9 @@ def train(config: ml_collections.ConfigDict, records: Sequence[Solution] | None 
     tok.save(os.path.join(workdir, "tokenizer.model"))
   model_dict = dict(config.model.to_dict())
   if tc.init_from and not tc.init_from.startswith("hf:"):
-    model_dict = _base_model(tc.init_from)  # the starting weights fix the architecture
+    # the starting weights fix the architecture
+    model_dict = dict(read_run_config(tc.init_from, "params", hint=" (hf:PATH loads Hugging Face "
+                                      "weights)")["model"])
     config = ml_collections.ConfigDict(config.to_dict())
     config.model = ml_collections.ConfigDict(model_dict)
   if model_dict["vocab_size"] < tok.vocab_size:
