@@ -1,13 +1,15 @@
-"""Base config: model size, mesh, logical-axis rules, training defaults.
+"""Base config: model size, mesh, the logical-axis rules, and every command's settings.
 
 Usage: `--config=configs/base.py:small --config.mesh.fsdp=4 --config.train.steps=1000`.
+Sections: model, mesh, rules, tokenizer, train, sample, score, eval, data, active (each command's
+`--help` lists the ones it reads).
 """
 
 import ml_collections
 
-from configs import model_sizes
+from prm_jax.configs import model_sizes
 
-# Logical axis -> mesh axes. FSDP shards `embed` over `fsdp`; tensor parallelism splits `mlp`, attention
+# Logical axis -> mesh axes: the project's one rules table (training, sampling, scoring, import). FSDP shards `embed` over `fsdp`; tensor parallelism splits `mlp`, attention
 # heads and the vocabulary over `tensor`; the batch is split over `data` and `fsdp`.
 RULES = (
     ("batch", ("data", "fsdp")),
@@ -49,8 +51,25 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
       class_weights=(1.0, 1.0, 1.0),  # (neg, neutral, pos)
       orm_all_tokens=False))       # ORM: supervise every solution token, not only the last
   c.sample = ml_collections.ConfigDict(dict(
-      batch_size=64, max_new_tokens=256, temperature=1.0, top_k=0, top_p=1.0))
-  c.score = ml_collections.ConfigDict(dict(seq_len=1024, rows=16, chunk=512))
+      n=1,                         # samples per problem
+      batch_size=64,               # rows per generated batch (rounded to the mesh's batch split)
+      max_new_tokens=256, temperature=1.0, top_k=0, top_p=1.0,
+      buckets=(64, 128, 256, 512, 1024),  # padded prompt lengths (one compiled program each)
+      grading_mode="prm800k"))     # prm800k | math_verify
+  c.score = ml_collections.ConfigDict(dict(
+      seq_len=1024, rows=16,       # packed rows per batch, each seq_len tokens
+      chunk=512,                   # solutions packed together (and flushed) at a time
+      # P(ok) counts a neutral step as ok; None: what the scored run was trained with
+      neutral_is_positive=ml_collections.config_dict.placeholder(bool)))
+  c.eval = ml_collections.ConfigDict(dict(
+      n="1,2,4,8,16",              # bon-eval: the N values (comma-separated)
+      trials=400,                  # bon-eval: random subsets per N
+      dev_fraction=0.5))           # process-eval: share of problems that picks the threshold
+  c.data = ml_collections.ConfigDict(dict(
+      format="auto",               # auto | prm800k | scored-samples | solution | math
+      skip_invalid=False,          # skip malformed input lines (counted) instead of stopping
+      expand_alternatives=False,   # convert: each rated PRM800K alternative as its own record
+      dataset="prm800k"))          # build-tfds: prm800k | math
   c.active = ml_collections.ConfigDict(dict(
       generations=2,               # generation 0 selects uniformly (there is no PRM yet)
       problems_per_generation=200,  # a fresh slice of the pool problems each generation

@@ -5,7 +5,7 @@
 
 import ml_collections
 
-from configs import base
+from prm_jax.configs import base
 
 
 def get_config():

@@ -16,6 +16,7 @@ A uniform-selection control with the same label budget shows what the selection 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -23,7 +24,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from prm_jax.records import Problem, Solution
+from prm_jax.records import Problem, Solution, write_json, write_text
 
 
 def select_convincing_wrong_answers(scored: Iterable[Solution], k: int, frac_wrong: float = 0.8,
@@ -89,7 +90,7 @@ def _cached(path: str, make: Callable[[], list[Solution]]) -> list[Solution]:
 
 
 def _strip(s: Solution) -> Solution:
-  return Solution(**{**s.__dict__, "scores": None, "step_labels": None, "meta": dict(s.meta)})
+  return dataclasses.replace(s, scores=None, step_labels=None, meta=dict(s.meta))
 
 
 class ActiveLearning:
@@ -120,10 +121,7 @@ class ActiveLearning:
   def sampler(self):
     if self._sampler is None:
       from prm_jax.sampling import Sampler
-      s = self.config.sample
-      self._sampler = Sampler(self.generator, batch_size=s.batch_size,
-                              max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                              top_k=s.top_k, top_p=s.top_p)
+      self._sampler = Sampler.from_run(self.generator, self.config)
     return self._sampler
 
   def get_labeller(self, gen_dir: str):
@@ -131,7 +129,7 @@ class ActiveLearning:
       return self.labeller
     from prm_jax.labellers import make_labeller
     return make_labeller(self.ac.labeller, gen_dir, sampler=self.sampler,
-                         rollouts=self.ac.rollouts, seed=self.config.seed)
+                         rollouts=self.ac.rollouts, seed=self.config.seed, config=self.config)
 
   def eval_pool(self) -> list[Solution]:
     def make():
@@ -141,7 +139,7 @@ class ActiveLearning:
                                    seed=self.config.seed + 1_000_003, progress=True)
       if self.ac.eval_labeller:
         from prm_jax.labellers import make_labeller
-        sols = make_labeller(self.ac.eval_labeller, self.out).label(sols)
+        sols = make_labeller(self.ac.eval_labeller, self.out, config=self.config).label(sols)
       return sols
     return _cached(os.path.join(self.out, "eval_samples.jsonl"), make)
 
@@ -162,28 +160,21 @@ class ActiveLearning:
 
   # -- one generation
   def train_prm(self, workdir: str, labelled: list[Solution]) -> str:
-    import ml_collections
-    from prm_jax.tokenizer import SentencePieceTokenizer
-    from prm_jax.train.loop import train
-    c = ml_collections.ConfigDict(self.config.to_dict())
-    c.workdir = workdir
-    c.train.task = "prm"
-    # retrain from the start every generation: train.init_from, else the generator
-    c.train.init_from = self.config.train.get("init_from") or self.generator
-    if os.path.exists(os.path.join(workdir, "params")):
-      return workdir
-    tok = SentencePieceTokenizer.load(os.path.join(self.generator, "tokenizer.model"))
-    train(c, records=labelled, tokenizer=tok, desc=os.path.relpath(workdir, self.out))
+    """Each generation's PRM, retrained from the start: from train.init_from, else the generator."""
+    from prm_jax.runs import RunDir
+    from prm_jax.train.loop import train_run
+    if not RunDir(workdir).finished():
+      train_run(self.config, workdir, "prm", records=labelled,
+                desc=os.path.relpath(workdir, self.out),
+                init_from=self.config.train.get("init_from") or self.generator)
     return workdir
 
   def evaluate(self, prm_dir: str, gen_dir: str) -> dict:
     from prm_jax import evaluation
     from prm_jax.records import write_jsonl
     from prm_jax.scoring import Scorer
-    s = self.config.score
-    scorer = Scorer(prm_dir, seq_len=s.seq_len, rows=s.rows, chunk=s.chunk)
-    scored = list(scorer.score([Solution(**{**x.__dict__, "scores": None})
-                                for x in self.eval_pool()]))
+    scorer = Scorer.from_run(prm_dir, self.config)
+    scored = list(scorer.score([dataclasses.replace(x, scores=None) for x in self.eval_pool()]))
     write_jsonl(os.path.join(gen_dir, "eval_scored.jsonl"), scored)
     bon = evaluation.best_of_n(evaluation.build_pools(scored), self.ns, self.ac.eval_trials,
                                self.config.seed)
@@ -215,8 +206,7 @@ class ActiveLearning:
         chosen = select_uniform(fresh, k, seed=self.config.seed + 7919 * gen)
       else:
         from prm_jax.scoring import Scorer
-        sc = self.config.score
-        scorer = Scorer(prev_prm, seq_len=sc.seq_len, rows=sc.rows, chunk=sc.chunk)
+        scorer = Scorer.from_run(prev_prm, self.config)
         chosen = select_convincing_wrong_answers(scorer.score(fresh), k, self.ac.frac_wrong)
       return chosen[:self.ac.budget]
     selected = _cached(os.path.join(d, "selected.jsonl"), select)
@@ -231,7 +221,7 @@ class ActiveLearning:
               "wrong_answer_fraction": float(np.mean([s.is_correct is False for s in labelled])),
               "prm_best_of_max_n": result["bon"]["methods"]["prm"]["mean"][-1],
               "seconds": time.perf_counter() - t0, **result}
-    _write_json(done, record)
+    write_json(done, record)
     return record, total, prm
 
   def run(self) -> dict:
@@ -247,24 +237,18 @@ class ActiveLearning:
         runs[strategy].append(record)
         self.log(f"{strategy} generation {gen}: PRM best-of-{self.ns[-1]} "
                  f"{100 * record['prm_best_of_max_n']:.1f}% with {record['labelled_total']} labels")
+    from prm_jax import distributed, sharding
     summary = {"n": self.ns, "budget": self.ac.budget, "labeller": self.ac.labeller,
                "generations": self.ac.generations,
+               **distributed.mesh_summary(sharding.make_mesh(self.config.mesh)),
                "strategies": {s: [{k: v for k, v in r.items() if k != "bon"} | {
                    "prm_mean": r["bon"]["methods"]["prm"]["mean"],
                    "majority_mean": r["bon"]["methods"]["majority"]["mean"]} for r in rs]
                    for s, rs in runs.items()}}
-    _write_json(os.path.join(self.out, "active_learning.json"), summary)
-    with open(os.path.join(self.out, "active_learning.md"), "w") as f:
-      f.write(markdown_table(summary) + "\n")
+    write_json(os.path.join(self.out, "active_learning.json"), summary)
+    write_text(os.path.join(self.out, "active_learning.md"), markdown_table(summary) + "\n")
     plot(summary, os.path.join(self.out, "active_learning.png"))
     return summary
-
-
-def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
 
 
 def markdown_table(summary: dict) -> str:

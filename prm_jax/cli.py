@@ -1,207 +1,451 @@
-"""`prm-jax <command> [--config=configs/x.py[:arg]] [--config.a.b=v ...]`.
+"""`prm-jax <command> [--input ... --output ...] [--config=configs/x.py[:arg]] [--config.a.b=v ...]`.
 
-Every command reads an ml_collections config through absl's `config_flags`; each command has a default
-config file in the installed `configs` package.
+A registry: one `Command` per entry (its help, default config, input/output flags and the config
+sections it reads) and one handler. Flags are only inputs and outputs, named the same everywhere
+(`--input`, `--output`, `--checkpoint` for a run or `hf:PATH`); every setting is a config field.
+A user error is one line and a non-zero exit (tracebacks with PRM_JAX_DEBUG=1).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 import sys
+from typing import Any, Callable
 
-from absl import app, flags
-from ml_collections import config_flags
-
-# command -> (config file in configs/, one-line help)
-COMMANDS = {
-    "demo": ("demo.py", "run the embedded demo on a CPU"),
-    "train": ("base.py", "train the generator (sft) or a reward model (orm, prm): --task"),
-    "sample": ("base.py", "N graded solutions per problem from a generator checkpoint"),
-    "score": ("base.py", "score Solution / PRM800K / scored-samples JSONL with an ORM or PRM"),
-    "bon-eval": ("base.py", "best-of-N solve rates (PRM, ORM, majority, weighted vote) + plot"),
-    "process-eval": ("base.py", "step-level metrics: earliest-error F1, AUROC, calibration"),
-    "active-learn": ("base.py", "generations of sample -> score -> select -> label -> retrain PRM, "
-                     "vs uniform selection"),
-    "describe": ("base.py", "print the mesh, parameter count and every parameter's sharding"),
-    "convert": ("base.py", "PRM800K / scored-samples / MATH / Solution JSONL -> our JSONL records"),
-    "build-tfds": ("base.py", "build the PRM800K or MATH TFDS dataset from downloaded files"),
-    "train-tokenizer": ("base.py", "train a sentencepiece tokenizer on record files"),
-}
-
-flags.DEFINE_enum("task", None, ["sft", "orm", "prm"], "train: the task (overrides train.task)")
-flags.DEFINE_string("input", None, "input JSONL file")
-flags.DEFINE_string("checkpoint", None, "sample/score/active-learn: a training workdir (config.json, params/, "
-                    "tokenizer.model)")
-flags.DEFINE_string("problems", None, "sample: Problem or MATH JSONL")
-flags.DEFINE_string("eval-problems", None, "active-learn: Problem JSONL for best-of-N evaluation")
-flags.DEFINE_string("n", "1", "sample: samples per problem; bon-eval: comma-separated N values")
-flags.DEFINE_integer("trials", 400, "bon-eval: random subsets per N")
-flags.DEFINE_string("out", None, "bon-eval / process-eval / active-learn: output folder")
-flags.DEFINE_float("dev-fraction", 0.5, "process-eval: share of problems used to pick the threshold")
-flags.DEFINE_integer("seed", 0, "sample: random seed")
-flags.DEFINE_multi_string("inputs", [], "input files (train-tokenizer; repeatable)")
-flags.DEFINE_string("output", None, "output file")
-flags.DEFINE_enum("format", "auto", ["auto", "prm800k", "scored-samples", "solution", "math"],
-                  "input format (auto detects PRM800K rows, scored samples and Solutions)")
-flags.DEFINE_bool("skip-invalid", False, "skip malformed lines (counted and printed) instead of "
-                  "stopping at the first with its file:line")
-flags.DEFINE_bool("expand-alternatives", False, "convert: also emit each rated PRM800K alternative "
-                  "step as its own (prefix + step) record")
-flags.DEFINE_enum("dataset", "prm800k", ["prm800k", "math"], "build-tfds: which dataset")
-flags.DEFINE_string("manual-dir", None, "build-tfds: folder with the downloaded files")
-flags.DEFINE_string("data-dir", os.path.expanduser("~/tensorflow_datasets"),
-                    "build-tfds: TFDS data directory")
+EXIT_USAGE, EXIT_ERROR, EXIT_PAUSED, EXIT_INTERRUPTED = 2, 1, 3, 130
 
 
-def _configs_dir() -> str:
-  import configs
-  return os.path.dirname(os.path.abspath(configs.__file__))
+@dataclasses.dataclass(frozen=True)
+class Flag:
+  name: str
+  help: str
+  required: bool = True
+  multi: bool = False        # repeatable (a list)
+  default: str | None = None
 
 
-def _describe(config) -> None:
+@dataclasses.dataclass(frozen=True)
+class Command:
+  name: str
+  help: str
+  handler: Callable[[Any, Any], None]
+  flags: tuple[Flag, ...]
+  sections: tuple[str, ...]  # config fields it reads, shown by --help
+  config: str                # default config file in configs/
+
+
+COMMANDS: dict[str, Command] = {}
+MULTI_HOST = (
+    Flag("coordinator", "multi-process launch: HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)",
+         required=False),
+    Flag("num-processes", "multi-process launch: how many (or JAX_NUM_PROCESSES)", required=False),
+    Flag("process-id", "multi-process launch: this one's index (or JAX_PROCESS_ID)", required=False))
+
+
+def command(name: str, help: str, flags: tuple[Flag, ...] = (), sections: tuple[str, ...] = (),
+            config: str = "base.py"):
+  def register(fn):
+    COMMANDS[name] = Command(name, help, fn, tuple(flags), tuple(sections), config)
+    return fn
+  return register
+
+
+class UsageError(ValueError):
+  """A bad command line: exit 2 with one line."""
+
+
+def _checkpoint(what: str) -> Flag:
+  return Flag("checkpoint", f"{what}: a prm_jax run directory or hf:PATH")
+
+
+# ----------------------------------------------------------------------------- the commands
+
+@command("demo", "run the whole paper loop on the synthetic domain (CPU, minutes)",
+         sections=("demo", "scale", "workdir", "model", "train", "sample", "score", "active",
+                   "mesh"), config="demo.py")
+def _demo(config, args) -> None:
+  from prm_jax import demo
+  demo.run(config)
+
+
+@command("train", "train the generator (sft) or a reward model (orm, prm): config.train.task",
+         sections=("workdir", "train", "model", "tokenizer", "mesh", "seed", "data_dir"))
+def _train(config, args) -> None:
+  from prm_jax import distributed
+  from prm_jax.train.loop import train
+  s = train(config)
+  where = (" (preempted; checkpoint written, run again to resume)" if s["preempted"]
+           else f"; final params in {config.workdir}/params")
+  distributed.log(f"{s['task']}: stopped at step {s['step']}{where}")
+
+
+@command("sample", "N graded solutions per problem from a generator",
+         flags=(_checkpoint("the generator"),
+                Flag("input", "problems: Problem or MATH JSONL"),
+                Flag("output", "Solution JSONL (an incomplete one is resumed)")),
+         sections=("sample", "seed", "mesh", "data.skip_invalid"))
+def _sample(config, args) -> None:
+  from prm_jax import distributed
+  from prm_jax.records import read_problems, write_json
+  from prm_jax.sampling import Sampler, sample_to_file
+  n = _at_least(config, "sample.n", 1)
+  _at_least(config, "sample.batch_size", 1)
+  _at_least(config, "sample.max_new_tokens", 1)
+  problems = list(read_problems(args.input, config.data.skip_invalid))
+  sampler = Sampler.from_run(args.checkpoint, config)
+  distributed.log(f"sampling {n} per problem for {len(problems)} problems on "
+                  f"{distributed.describe_mesh(sampler.mesh)}")
+  r = sample_to_file(sampler, problems, args.output, n, config.seed)
+  if distributed.is_main():
+    write_json(args.output + ".summary.json", dict(r, command="sample", checkpoint=args.checkpoint,
+                                                   input=args.input))
+  distributed.log(f"sampled {r['written']} solutions for {r['problems']} problems "
+                  f"({r['resumed_from']} already in {args.output})")
+
+
+@command("score", "score Solution / PRM800K / scored-samples JSONL with an ORM or PRM",
+         flags=(_checkpoint("the reward model"),
+                Flag("input", "solutions: Solution, PRM800K or scored-samples JSONL"),
+                Flag("output", "scored Solution JSONL (an incomplete one is resumed)")),
+         sections=("score", "mesh", "data.format", "data.skip_invalid"))
+def _score(config, args) -> None:
+  from prm_jax import distributed
+  from prm_jax.data.commands import open_records
+  from prm_jax.records import ReadStats, write_json
+  from prm_jax.scoring import Scorer, score_to_file
+  for field in ("score.seq_len", "score.rows", "score.chunk"):
+    _at_least(config, field, 1)
+  if config.data.format == "math":
+    raise ValueError("data.format=math reads problems; score needs solutions")
+  scorer = Scorer.from_run(args.checkpoint, config)
+  distributed.log(f"scoring with a {scorer.kind} on {distributed.describe_mesh(scorer.mesh)}")
+  stats = ReadStats()
+  r = score_to_file(scorer, open_records(args.input, config.data.format,
+                                         config.data.skip_invalid, stats), args.output)
+  r["skipped_invalid"] = stats.skipped
+  if distributed.is_main():
+    write_json(args.output + ".summary.json", dict(r, command="score", checkpoint=args.checkpoint,
+                                                   input=args.input))
+  distributed.log(f"scored {r['written']} solutions into {args.output} ({r['resumed_from']} "
+                  f"already there, {r['skipped_invalid']} invalid skipped)")
+
+
+@command("bon-eval", "best-of-N solve rates (PRM, ORM, majority, weighted vote) + plot",
+         flags=(Flag("input", "scored Solution JSONL (or the paper's scored samples)"),
+                Flag("output", "folder for bon.json, bon.md, bon.png")),
+         sections=("eval.n", "eval.trials", "seed", "data.skip_invalid"))
+def _bon_eval(config, args) -> None:
+  from prm_jax import evaluation
+  from prm_jax.data.prm800k import read_any_solutions
+  ns = _int_list(config, "eval.n")
+  trials = _at_least(config, "eval.trials", 1)
+  sols = list(read_any_solutions(args.input, config.data.skip_invalid))
+  r = evaluation.run_bon_eval(sols, ns, trials, config.seed, args.output)
+  print(evaluation.markdown_table(r))
+  print(f"wrote {args.output}")
+
+
+@command("process-eval", "step-level metrics: earliest-error F1, AUROC, calibration",
+         flags=(Flag("input", "scored Solution JSONL with step labels"),
+                Flag("output", "folder for process.json, process.md, calibration.png")),
+         sections=("eval.dev_fraction", "data.skip_invalid"))
+def _process_eval(config, args) -> None:
+  from prm_jax import evaluation
+  from prm_jax.data.prm800k import read_any_solutions
+  frac = config.eval.dev_fraction
+  if not 0.0 < frac < 1.0:
+    raise ValueError(f"config.eval.dev_fraction={frac} must be in (0, 1)")
+  sols = list(read_any_solutions(args.input, config.data.skip_invalid))
+  r = evaluation.run_process_eval(sols, args.output, frac)
+  print(f"earliest-error F1 {100 * r['test']['f1']:.1f} (threshold {r['threshold']:.2f}), "
+        f"step AUROC {r['step_auroc']:.3f}, ECE {r['calibration']['ece']:.3f}")
+  print(f"wrote {args.output}")
+
+
+@command("active-learn", "generations of sample -> score -> select -> label -> retrain PRM, vs "
+         "uniform selection",
+         flags=(_checkpoint("the generator (the PRMs start from it unless train.init_from)"),
+                Flag("input", "pool problems: Problem JSONL"),
+                Flag("eval-input", "evaluation problems: Problem JSONL"),
+                Flag("output", "folder for every generation's data, PRM and report")),
+         sections=("active", "train", "sample", "score", "mesh", "seed", "data.skip_invalid"))
+def _active_learn(config, args) -> None:
+  from prm_jax import distributed, sharding
+  from prm_jax.active_learning import ActiveLearning, markdown_table
+  from prm_jax.records import read_problems
+  skip = config.data.skip_invalid
+  distributed.log(f"active learning on {distributed.describe_mesh(sharding.make_mesh(config.mesh))}")
+  summary = ActiveLearning(config, args.checkpoint, list(read_problems(args.input, skip)),
+                           list(read_problems(args.eval_input, skip)), args.output,
+                           log=distributed.log).run()
+  distributed.log(markdown_table(summary))
+  distributed.log(f"wrote {args.output}/active_learning.json, .md, .png")
+
+
+@command("describe", "print the mesh, parameter count and every parameter's sharding",
+         sections=("model", "mesh", "rules"))
+def _describe(config, args) -> None:
   from flax import nnx
-  from prm_jax import sharding
+  from prm_jax import distributed, sharding
   from prm_jax.model import CausalLM, ModelConfig
   cfg = ModelConfig.from_dict(config.model)
   mesh = sharding.make_mesh(config.mesh)
   _, state = nnx.split(nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0))))
-  print(f"mesh {dict(mesh.shape)} over {mesh.devices.size} device(s); "
-        f"{cfg.num_params() / 1e6:.1f}M parameters")
+  print(f"{distributed.describe_mesh(mesh)}; {cfg.num_params() / 1e6:.1f}M parameters")
   for name, shape, spec in sharding.spec_table(state, mesh, tuple(config.rules)):
     print(f"  {name:40s} {str(shape):22s} {spec}")
 
 
-def _int_flag(name: str) -> int:
-  try:
-    return int(flags.FLAGS[name].value)
-  except ValueError:
-    raise ValueError(f"--{name} must be an integer here, got {flags.FLAGS[name].value!r}") from None
-
-
-def _need(*names: str) -> None:
-  missing = [n for n in names if not flags.FLAGS[n].value]
-  if missing:
-    raise ValueError("missing " + ", ".join(f"--{n}" for n in missing))
-
-
-def _data_command(command: str, config) -> None:
+@command("convert", "PRM800K / scored-samples / MATH / Solution JSONL -> our JSONL records",
+         flags=(Flag("input", "a JSONL file of any supported format"),
+                Flag("output", "our records (written atomically)")),
+         sections=("data",))
+def _convert(config, args) -> None:
   from prm_jax.data import commands
-  f = flags.FLAGS
-  if command == "convert":
-    _need("input", "output")
-    commands.convert(f.input, f.output, f.format, f["skip-invalid"].value,
-                     f["expand-alternatives"].value)
-  elif command == "build-tfds":
-    _need("manual-dir")
-    commands.build_tfds(f.dataset, f["manual-dir"].value, f["data-dir"].value)
-  elif command == "train-tokenizer":
-    _need("inputs", "output")
-    commands.train_tokenizer(f.inputs, f.output, config.tokenizer.vocab_size,
-                             config.tokenizer.model_type, f.format)
+  d = config.data
+  commands.convert(args.input, args.output, d.format, d.skip_invalid, d.expand_alternatives)
 
 
-def _usage() -> str:
-  lines = ["usage: prm-jax <command> [--config=configs/NAME.py[:ARG]] [--config.FIELD=VALUE ...]", "",
-           "commands:"]
-  lines += [f"  {name:10s} {text} (default config: configs/{cfg})"
-            for name, (cfg, text) in COMMANDS.items()]
+@command("build-tfds", "build the PRM800K or MATH TFDS dataset from downloaded files",
+         flags=(Flag("input", "folder with the downloaded files (PRM800K data/ or math_splits/)"),
+                Flag("output", "TFDS data directory", required=False,
+                     default=os.path.join("~", "tensorflow_datasets"))),
+         sections=("data.dataset",))
+def _build_tfds(config, args) -> None:
+  from prm_jax.data import commands
+  commands.build_tfds(config.data.dataset, args.input, os.path.expanduser(args.output))
+
+
+@command("train-tokenizer", "train a sentencepiece tokenizer on record files",
+         flags=(Flag("input", "record files (repeat --input for several)", multi=True),
+                Flag("output", "the .model file")),
+         sections=("tokenizer", "data.format"))
+def _train_tokenizer(config, args) -> None:
+  from prm_jax.data import commands
+  commands.train_tokenizer(args.input, args.output, config.tokenizer.vocab_size,
+                           config.tokenizer.model_type, config.data.format)
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _field(config, path: str):
+  node = config
+  for p in path.split("."):
+    node = node[p]
+  return node
+
+
+def _at_least(config, path: str, low: int) -> int:
+  value = _field(config, path)
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    raise ValueError(f"config.{path}={value!r} must be an integer >= {low}")
+  return value
+
+
+def _int_list(config, path: str) -> list[int]:
+  raw = str(_field(config, path))
+  try:
+    values = [int(x) for x in raw.replace(" ", "").split(",") if x]
+  except ValueError:
+    values = []
+  if not values or min(values) < 1:
+    raise ValueError(f"config.{path}={raw!r} must be comma-separated integers >= 1 (e.g. 1,2,4,8)")
+  return values
+
+
+# ----------------------------------------------------------------------------- parsing and help
+
+def _config_dir() -> str:
+  import prm_jax.configs
+  return os.path.dirname(os.path.abspath(prm_jax.configs.__file__))
+
+
+def _leaves(config, prefix: str = "") -> list[tuple[str, Any]]:
+  out = []
+  for key in sorted(config.keys()):
+    value = config[key]
+    if hasattr(value, "keys") and hasattr(value, "to_dict"):
+      out += _leaves(value, f"{prefix}{key}.")
+    else:
+      out.append((prefix + key, value))
+  return out
+
+
+def _base_config(cmd: Command, argv: list[str]):
+  """The config the `--config=` argument (or the command's default) gives, before overrides."""
+  from absl import flags
+  from ml_collections import config_flags
+  fv = flags.FlagValues()
+  only = [a for a in argv if a.startswith("--config=")][-1:]
+  config_flags.DEFINE_config_file("config", os.path.join(_config_dir(), cmd.config),
+                                  flag_values=fv, sys_argv=["prm-jax"] + only)
+  fv(["prm-jax"] + only)
+  return fv.config
+
+
+def _unknown_field(cmd: Command, argv: list[str]) -> str | None:
+  """The first `--config.X=...` naming no field, with the nearest field names."""
+  try:
+    base = _base_config(cmd, argv)
+  except Exception:  # noqa: BLE001  (the caller reports the original error)
+    return None
+  fields = [name for name, _ in _leaves(base)]
+  sections = {f.rsplit(".", 1)[0] for f in fields if "." in f}
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0]
+    if path in fields or path in sections:
+      continue
+    near = difflib.get_close_matches(path, fields, n=2, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+    return f"unknown config field {path!r}{hint}; `prm-jax {cmd.name} --help` lists them"
+  return None
+
+
+def parse(cmd: Command, argv: list[str]):
+  """(config, args) for a command line, or UsageError with one line."""
+  from absl import flags
+  from ml_collections import config_flags
+  fv = flags.FlagValues()
+  for f in cmd.flags + MULTI_HOST:
+    define = flags.DEFINE_multi_string if f.multi else flags.DEFINE_string
+    define(f.name, [] if f.multi else f.default, f.help, flag_values=fv)
+  for i, a in enumerate(argv):  # `--input` last, or followed by another flag
+    if (a.startswith("-") and not a.startswith("--config") and "=" not in a
+        and a.lstrip("-") in fv and (i + 1 == len(argv) or argv[i + 1].startswith("-"))):
+      raise UsageError(f"{a} needs a value: {a}=VALUE")
+  try:
+    config_flags.DEFINE_config_file("config", os.path.join(_config_dir(), cmd.config),
+                                    "config file (get_config())", flag_values=fv,
+                                    lock_config=True, sys_argv=["prm-jax"] + argv)
+    positional = fv(["prm-jax"] + argv)[1:]
+    config = fv.config
+  except flags.UnrecognizedFlagError as e:
+    name = e.flagname
+    known = [f.name for f in cmd.flags + MULTI_HOST]
+    if name.startswith("config."):
+      raise UsageError(_unknown_field(cmd, argv) or str(e)) from None
+    fields = [n for n, _ in _leaves(_base_config(cmd, []))]
+    as_field = sorted((f for f in fields if f.rsplit(".", 1)[-1] == name.replace("-", "_")),
+                      key=lambda f: not any(f.startswith(s) for s in cmd.sections))
+    hint = (f"; it is a config field: --config.{as_field[0]}=..." if as_field else
+            f"; did you mean --{difflib.get_close_matches(name, known, n=1)[0]}?"
+            if difflib.get_close_matches(name, known, n=1) else "")
+    raise UsageError(f"unknown flag --{name}{hint}") from None
+  except flags.Error as e:
+    lines = [l for l in str(e).strip().splitlines() if l.strip()]
+    raise UsageError(lines[-1].strip() if lines else str(e)) from None
+  except (AttributeError, KeyError) as e:
+    raise UsageError(_unknown_field(cmd, argv) or f"bad config override: {e}") from None
+  except OSError as e:  # the --config file
+    raise UsageError(" ".join(str(e).split())) from None
+  if positional:
+    raise UsageError(f"unexpected argument {positional[0]!r} (flags are --name=value)")
+  args = dataclasses.make_dataclass("Args", [f.name.replace("-", "_") for f in cmd.flags + MULTI_HOST])(
+      *[fv[f.name].value for f in cmd.flags + MULTI_HOST])
+  missing = [f"--{f.name}" for f in cmd.flags if f.required and not fv[f.name].value]
+  if missing:
+    raise UsageError("missing " + ", ".join(missing))
+  for name in ("num-processes", "process-id"):
+    value = fv[name].value
+    if value is not None and not value.lstrip("-").isdigit():
+      raise UsageError(f"--{name}={value!r} must be an integer")
+  return config, args
+
+
+def usage() -> str:
+  lines = ["usage: prm-jax <command> [--input=... --output=...] [--config=configs/NAME.py[:ARG]] "
+           "[--config.FIELD=VALUE ...]", "", "commands:"]
+  lines += [f"  {c.name:15s} {c.help}" for c in COMMANDS.values()]
+  lines += ["", "`prm-jax <command> --help` shows a command's flags and config fields."]
   return "\n".join(lines)
+
+
+def command_help(cmd: Command) -> str:
+  flags_line = " ".join(f"--{f.name}=..." if f.required else f"[--{f.name}=...]"
+                        for f in cmd.flags)
+  lines = [f"usage: prm-jax {cmd.name} {flags_line} [--config=configs/{cmd.config}[:ARG]] "
+           "[--config.FIELD=VALUE ...]".replace("  ", " "), "", cmd.help, ""]
+  if cmd.flags:
+    lines.append("flags:")
+    for f in cmd.flags:
+      extra = " (required)" if f.required else f" (default {f.default})" if f.default else ""
+      lines.append(f"  --{f.name:14s} {f.help}{extra}")
+    lines.append("")
+  lines.append(f"config fields it reads (default configs/{cmd.config}; override with "
+               "--config.FIELD=VALUE):")
+  base = _base_config(cmd, [])
+  for name, value in _leaves(base):
+    if any(name == s or name.startswith(s + ".") for s in cmd.sections):
+      lines.append(f"  {name} = {value!r}")
+  lines += ["", "multi-process (every command): " + " ".join(f"--{f.name}=..." for f in MULTI_HOST),
+            "  or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID; TPU pods, SLURM and "
+            "Open MPI are detected; scripts/launch_local.sh N CMD runs N local processes.",
+            "A user error prints one line; PRM_JAX_DEBUG=1 shows the traceback."]
+  return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+
+def _fail(command: str, message: str, code: int) -> None:
+  print(f"prm-jax {command}: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _error_text(e: BaseException) -> str:
+  if isinstance(e, KeyError) and e.args:
+    return str(e.args[0])
+  if isinstance(e, OSError) and e.filename and e.strerror:
+    return f"{e.filename}: {e.strerror}"
+  return " ".join(str(e).split()) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> None:
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
-    print(_usage())
-    sys.exit(0 if len(argv) >= 2 else 2)
-  command = argv[1]
-  if command not in COMMANDS:
-    print(f"prm-jax: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
-    sys.exit(2)
-  config_file = os.path.join(_configs_dir(), COMMANDS[command][0])
-  config_flags.DEFINE_config_file("config", config_file, "config file (get_config())",
-                                  lock_config=True)
-
-  def run(_):
-    config = flags.FLAGS.config
-    if not flags.FLAGS["verbosity"].present:  # orbax's INFO lines would drown the progress bars
-      from absl import logging
+    print(usage())
+    sys.exit(0 if len(argv) >= 2 else EXIT_USAGE)
+  name, rest = argv[1], argv[2:]
+  cmd = COMMANDS.get(name)
+  if cmd is None:
+    near = difflib.get_close_matches(name, list(COMMANDS), n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    print(f"prm-jax: unknown command {name!r}{hint}\n\n{usage()}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+  if any(a in ("-h", "--help", "-help", "--helpfull") for a in rest):
+    print(command_help(cmd))
+    sys.exit(0)
+  debug = bool(os.environ.get("PRM_JAX_DEBUG"))
+  try:
+    config, args = parse(cmd, rest)
+  except UsageError as e:
+    _fail(name, f"error: {e}", EXIT_USAGE)
+  try:
+    from absl import logging
+    from prm_jax import distributed
+    from prm_jax.labellers import LabelsPending
+    if not debug:  # orbax's INFO lines would drown the progress bars
       logging.set_verbosity(logging.WARNING)
-    try:
-      if command == "demo":
-        from prm_jax import demo
-        demo.run(config)
-      elif command == "describe":
-        _describe(config)
-      elif command == "sample":
-        from prm_jax.sampling import sample_to_file
-        _need("checkpoint", "problems", "output")
-        sc = config.sample
-        r = sample_to_file(flags.FLAGS.checkpoint, flags.FLAGS.problems, flags.FLAGS.output,
-                           _int_flag("n"), flags.FLAGS.seed, dict(
-                               batch_size=sc.batch_size, max_new_tokens=sc.max_new_tokens,
-                               temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p),
-                           flags.FLAGS["skip-invalid"].value)
-        print(f"sampled {r['written']} solutions for {r['problems']} problems "
-              f"({r['resumed_from']} already in {flags.FLAGS.output})")
-      elif command == "score":
-        from prm_jax.scoring import score_to_file
-        _need("checkpoint", "input", "output")
-        r = score_to_file(flags.FLAGS.checkpoint, flags.FLAGS.input, flags.FLAGS.output,
-                          flags.FLAGS["skip-invalid"].value,
-                          dict(seq_len=config.score.seq_len, rows=config.score.rows,
-                               chunk=config.score.chunk))
-        print(f"scored {r['written']} solutions into {r['output']} ({r['resumed_from']} already "
-              f"there, {r['skipped_invalid']} invalid skipped)")
-      elif command in ("bon-eval", "process-eval"):
-        from prm_jax import evaluation
-        from prm_jax.data.prm800k import read_any_solutions
-        _need("input", "out")
-        sols = list(read_any_solutions(flags.FLAGS.input, flags.FLAGS["skip-invalid"].value))
-        if command == "bon-eval":
-          ns = [int(x) for x in flags.FLAGS.n.split(",") if x.strip()]
-          r = evaluation.run_bon_eval(sols, ns, flags.FLAGS.trials, flags.FLAGS.seed, flags.FLAGS.out)
-          print(evaluation.markdown_table(r))
-        else:
-          r = evaluation.run_process_eval(sols, flags.FLAGS.out, flags.FLAGS["dev-fraction"].value)
-          print(f"earliest-error F1 {100 * r['test']['f1']:.1f} (threshold {r['threshold']:.2f}), "
-                f"step AUROC {r['step_auroc']:.3f}, ECE {r['calibration']['ece']:.3f}")
-        print(f"wrote {flags.FLAGS.out}")
-      elif command == "active-learn":
-        from prm_jax.active_learning import ActiveLearning, markdown_table
-        from prm_jax.records import read_problems
-        _need("checkpoint", "problems", "eval-problems", "out")
-        skip = flags.FLAGS["skip-invalid"].value
-        summary = ActiveLearning(config, flags.FLAGS.checkpoint,
-                                 list(read_problems(flags.FLAGS.problems, skip)),
-                                 list(read_problems(flags.FLAGS["eval-problems"].value, skip)),
-                                 flags.FLAGS.out).run()
-        print(markdown_table(summary))
-        print(f"wrote {flags.FLAGS.out}/active_learning.json, .md, .png")
-      elif command == "train":
-        from prm_jax.train.loop import train
-        if flags.FLAGS.task:
-          config.train.task = flags.FLAGS.task
-        summary = train(config)
-        print(f"{summary['task']}: stopped at step {summary['step']}"
-              + (" (preempted; checkpoint written, run again to resume)" if summary["preempted"]
-                 else f"; final params in {config.workdir}/params"))
-      else:
-        _data_command(command, config)
-    except (ValueError, KeyError, FileNotFoundError) as e:  # bad input: one clear line
-      if os.environ.get("PRM_JAX_DEBUG"):
-        raise
-      msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-      print(f"prm-jax {command}: error: {msg}\n(set PRM_JAX_DEBUG=1 for the traceback)",
-            file=sys.stderr)
-      sys.exit(1)
-    except RuntimeError as e:
-      from prm_jax.labellers import LabelsPending
-      if not isinstance(e, LabelsPending):
-        raise
-      print(f"prm-jax {command}: paused: {e}", file=sys.stderr)
-      sys.exit(3)
+    distributed.initialize(args.coordinator, _opt_int(args.num_processes),
+                           _opt_int(args.process_id))
+    cmd.handler(config, args)
+  except KeyboardInterrupt:
+    if debug:
+      raise
+    _fail(name, "interrupted", EXIT_INTERRUPTED)
+  except LabelsPending as e:
+    _fail(name, f"paused: {e}", EXIT_PAUSED)
+  except (ValueError, KeyError, OSError) as e:  # bad input, paths, permissions: one clear line
+    if debug:
+      raise
+    _fail(name, f"error: {_error_text(e)}", EXIT_ERROR)
 
-  app.run(run, argv=[f"prm-jax {command}"] + argv[2:])
+
+def _opt_int(value: str | None) -> int | None:
+  return None if value in (None, "") else int(value)
 
 
 if __name__ == "__main__":

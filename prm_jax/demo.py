@@ -13,7 +13,7 @@ active learning vs uniform selection -> report.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import shutil
 import time
@@ -22,9 +22,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from prm_jax import evaluation
+from prm_jax import distributed, evaluation, sharding
+from prm_jax.configs import derive
 from prm_jax.data import synthetic
-from prm_jax.records import Solution, read_solutions, write_jsonl
+from prm_jax.records import write_json, write_jsonl, write_text
+from prm_jax.train.loop import train_run
 
 STAGES = ("problems", "tokenizer", "sft", "base", "sample", "label", "orm", "prm", "score",
           "best-of-n", "active learning", "report")
@@ -50,7 +52,7 @@ class Progress:
 
 def scaled(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy with problem counts, samples and steps multiplied by `config.scale`."""
-  c = ml_collections.ConfigDict(config.to_dict())
+  c = derive(config)
   s = float(c.get("scale", 1.0))
   if s <= 0:
     raise ValueError(f"scale={s} must be > 0")
@@ -80,15 +82,6 @@ def _prepare_workdir(workdir: str) -> None:
   os.makedirs(workdir)
 
 
-def _train(config, workdir, task, records, tok, **train):
-  from prm_jax.train.loop import train as train_loop
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.workdir = workdir
-  c.train.task = task
-  c.train.update(train)
-  return train_loop(c, records=records, tokenizer=tok, desc=task)
-
-
 def _rm_start(c) -> str:
   """Reward models start from the base LM when the config trains one, else from the generator."""
   return os.path.join(c.workdir, "base" if c.demo.rm_base_steps > 0 else "generator")
@@ -107,13 +100,12 @@ def run(config: ml_collections.ConfigDict) -> dict:
   c = scaled(config)
   d, w = c.demo, c.workdir
   _prepare_workdir(w)
-  with open(os.path.join(w, MARKER), "w") as f:
-    f.write(c.to_json_best_effort(indent=1))
+  write_text(os.path.join(w, MARKER), c.to_json_best_effort(indent=1))
   data = os.path.join(w, "data")
   prog = Progress([s for s in STAGES if s != "base" or d.rm_base_steps > 0])
+  mesh = sharding.make_mesh(c.mesh)
   print(f"prm-jax demo: {d.train_problems} training / {d.test_problems} test problems "
-        f"(levels {tuple(d.levels)}), {jax.device_count()} {jax.default_backend()} device(s), "
-        f"writing {w}", flush=True)
+        f"(levels {tuple(d.levels)}) on {distributed.describe_mesh(mesh)}, writing {w}", flush=True)
 
   def problems():
     train_p, test_p = synthetic.train_test_problems(d.train_problems, d.test_problems, c.seed,
@@ -132,23 +124,19 @@ def run(config: ml_collections.ConfigDict) -> dict:
   tok = prog.run("tokenizer", tokenizer)
   if tok.vocab_size > c.model.vocab_size:
     raise ValueError(f"model.vocab_size={c.model.vocab_size} < tokenizer {tok.vocab_size}")
-  sft = prog.run("sft", _train, c, os.path.join(w, "generator"), "sft", refs, tok)
+  sft = prog.run("sft", train_run, c, os.path.join(w, "generator"), "sft", refs, tok)
   base = None
   if d.rm_base_steps > 0:  # the paper's pretrained base: the same references, a deeper model
-    b = ml_collections.ConfigDict(c.to_dict())
-    b.model.update(d.rm_base_model.to_dict())
-    base = prog.run("base", _train, b, os.path.join(w, "base"), "sft", refs, tok,
-                    steps=d.rm_base_steps, save_every=d.rm_base_steps)
+    b = derive(c, {f"model.{k}": v for k, v in d.rm_base_model.to_dict().items()})
+    base = prog.run("base", train_run, b, os.path.join(w, "base"), "sft", refs, tok,
+                    desc="base", steps=d.rm_base_steps, save_every=d.rm_base_steps)
 
   rm_p = train_p[:d.rm_problems]
   al_p = train_p[d.rm_problems:]
 
   def sample():
     from prm_jax.sampling import Sampler
-    s = c.sample
-    sampler = Sampler(os.path.join(w, "generator"), batch_size=s.batch_size,
-                      max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
-                      top_p=s.top_p)
+    sampler = Sampler.from_run(os.path.join(w, "generator"), c)
     test = sampler.sample(test_p, d.n, seed=c.seed, progress=True)
     rm = sampler.sample(rm_p, d.rm_samples, seed=c.seed + 1, progress=True)
     return test, rm
@@ -163,15 +151,14 @@ def run(config: ml_collections.ConfigDict) -> dict:
     return test, rm
   test_s, rm_s = prog.run("label", label)
 
-  orm = prog.run("orm", _train, c, os.path.join(w, "orm"), "orm", rm_s, tok, **_rm_overrides(c, "orm"))
-  prm = prog.run("prm", _train, c, os.path.join(w, "prm"), "prm", rm_s, tok, **_rm_overrides(c, "prm"))
+  prog.run("orm", train_run, c, os.path.join(w, "orm"), "orm", rm_s, tok, **_rm_overrides(c, "orm"))
+  prog.run("prm", train_run, c, os.path.join(w, "prm"), "prm", rm_s, tok, **_rm_overrides(c, "prm"))
 
   def score():
     from prm_jax.scoring import Scorer
-    kw = dict(seq_len=c.score.seq_len, rows=c.score.rows, chunk=c.score.chunk)
-    strip = [Solution(**{**s.__dict__, "scores": None}) for s in test_s]
-    scored = list(Scorer(os.path.join(w, "prm"), **kw).score(strip))
-    scored = list(Scorer(os.path.join(w, "orm"), **kw).score(scored))  # adds scores.orm
+    strip = [dataclasses.replace(s, scores=None) for s in test_s]
+    scored = list(Scorer.from_run(os.path.join(w, "prm"), c).score(strip))
+    scored = list(Scorer.from_run(os.path.join(w, "orm"), c).score(scored))  # adds scores.orm
     write_jsonl(os.path.join(data, "test_scored.jsonl"), scored)
     return scored
   scored = prog.run("score", score)
@@ -191,10 +178,10 @@ def run(config: ml_collections.ConfigDict) -> dict:
 
   def active():
     from prm_jax.active_learning import ActiveLearning
-    a = ml_collections.ConfigDict(c.to_dict())
-    a.train.update(_rm_overrides(c, "prm"))
-    a.train.update(dict(steps=d.al_rm_steps, save_every=d.al_rm_steps))
-    a.active.update(dict(eval_n=",".join(map(str, ns)), eval_samples=d.n, eval_labeller="oracle"))
+    a = derive(c, {**{f"train.{k}": v for k, v in _rm_overrides(c, "prm").items()},
+                   "train.steps": d.al_rm_steps, "train.save_every": d.al_rm_steps,
+                   "active.eval_n": ",".join(map(str, ns)), "active.eval_samples": d.n,
+                   "active.eval_labeller": "oracle"})
     out = os.path.join(w, "active_learning")
     write_jsonl(os.path.join(out, "eval_samples.jsonl"), test_s)  # the same test pool as above
     summary = ActiveLearning(a, os.path.join(w, "generator"), al_p, test_p, out,
@@ -211,6 +198,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
                "generator": generator_stats(test_s, sft),
                "labels": label_stats(rm_s),
                "devices": jax.device_count(), "backend": jax.default_backend(),
+               **distributed.mesh_summary(mesh),
                "config": {"scale": c.scale, "levels": list(d.levels),
                           "train_problems": d.train_problems, "test_problems": d.test_problems,
                           "n": d.n, "rm_problems": d.rm_problems, "rm_samples": d.rm_samples,
@@ -224,10 +212,8 @@ def run(config: ml_collections.ConfigDict) -> dict:
                                              if base else None)}}
     metrics["stages"]["report"] = 0.0
     metrics["total_seconds"] = time.perf_counter() - prog.t0
-    with open(os.path.join(w, "metrics.json"), "w") as f:
-      json.dump(metrics, f, indent=1)
-    with open(os.path.join(w, "report.md"), "w") as f:
-      f.write(render_report(metrics))
+    write_json(os.path.join(w, "metrics.json"), metrics)
+    write_text(os.path.join(w, "report.md"), render_report(metrics))
     return metrics
   metrics = prog.run("report", report)
   print("\n" + verdict(metrics["bon"]))

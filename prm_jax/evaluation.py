@@ -9,14 +9,13 @@ rate is averaged over problems; mean and std are over trials.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from prm_jax import grading
-from prm_jax.records import Solution
+from prm_jax.records import Solution, write_json, write_text
 
 METHODS = ("prm", "orm", "majority", "weighted")
 
@@ -195,15 +194,14 @@ def run_bon_eval(solutions: Iterable[Solution], ns: Sequence[int], trials: int, 
     raise ValueError("no solutions to evaluate")
   result = best_of_n(pools, ns, trials, seed)
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "bon.json"), "w") as f:
-    json.dump(result, f, indent=1)
-  with open(os.path.join(out_dir, "bon.md"), "w") as f:
-    f.write(f"Best-of-N solve rate (%), mean ± std over {trials} trials, "
-            f"{result['num_problems']} problems, pool size {result['pool_size']}\n\n"
-            + markdown_table(result) + "\n")
-    for m, v in result["within_problem_auroc"].items():
-      f.write(f"\n{m}: right vs wrong answers to the same problem, AUROC "
-              f"{format_auroc(v['mean'])} (over {v['problems']} problems with both)\n")
+  write_json(os.path.join(out_dir, "bon.json"), result)
+  md = (f"Best-of-N solve rate (%), mean ± std over {trials} trials, "
+        f"{result['num_problems']} problems, pool size {result['pool_size']}\n\n"
+        + markdown_table(result) + "\n")
+  for m, v in result["within_problem_auroc"].items():
+    md += (f"\n{m}: right vs wrong answers to the same problem, AUROC "
+           f"{format_auroc(v['mean'])} (over {v['problems']} problems with both)\n")
+  write_text(os.path.join(out_dir, "bon.md"), md)
   plot_best_of_n(result, os.path.join(out_dir, "bon.png"))
   return result
 
@@ -319,16 +317,16 @@ def run_process_eval(solutions: Iterable[Solution], out_dir: str, dev_fraction: 
   """`prm-jax process-eval`: writes process.json, process.md and calibration.png."""
   result = process_eval(solutions, dev_fraction)
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "process.json"), "w") as f:
-    json.dump(result, f, indent=1)
+  write_json(os.path.join(out_dir, "process.json"), result)
   t = result["test"]
-  with open(os.path.join(out_dir, "process.md"), "w") as f:
-    f.write("| metric | value |\n|---|---|\n"
-            f"| earliest-error F1 (test, ProcessBench) | {100 * t['f1']:.1f} |\n"
-            f"| accuracy on erroneous / correct | {100 * t['acc_erroneous']:.1f} / "
-            f"{100 * t['acc_correct']:.1f} |\n"
-            f"| threshold (chosen on dev, F1 {100 * result['dev_f1']:.1f}) | {result['threshold']:.2f} |\n"
-            f"| step AUROC | {result['step_auroc']:.3f} |\n"
-            f"| step ECE | {result['calibration']['ece']:.3f} |\n")
+  write_text(os.path.join(out_dir, "process.md"),
+             "| metric | value |\n|---|---|\n"
+             f"| earliest-error F1 (test, ProcessBench) | {100 * t['f1']:.1f} |\n"
+             f"| accuracy on erroneous / correct | {100 * t['acc_erroneous']:.1f} / "
+             f"{100 * t['acc_correct']:.1f} |\n"
+             f"| threshold (chosen on dev, F1 {100 * result['dev_f1']:.1f}) | "
+             f"{result['threshold']:.2f} |\n"
+             f"| step AUROC | {result['step_auroc']:.3f} |\n"
+             f"| step ECE | {result['calibration']['ece']:.3f} |\n")
   plot_calibration(result, os.path.join(out_dir, "calibration.png"))
   return result

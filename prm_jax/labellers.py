@@ -9,6 +9,7 @@ Every labeller stops labelling at the first -1, as PRM800K does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Protocol, Sequence
@@ -25,10 +26,8 @@ def _with_labels(s: Solution, labels, labeller: str, **meta) -> Solution:
   if -1 in labels:  # labelling stops at the first error
     cut = labels.index(-1) + 1
     labels = labels[:cut] + [None] * (len(labels) - cut)
-  return Solution(problem_id=s.problem_id, problem=s.problem, steps=list(s.steps), answer=s.answer,
-                  ground_truth_answer=s.ground_truth_answer, is_correct=s.is_correct,
-                  step_labels=labels, finish_reason=s.finish_reason, scores=s.scores,
-                  meta=dict(s.meta, labeller=labeller, **meta))
+  return dataclasses.replace(s, steps=list(s.steps), step_labels=labels,
+                             meta=dict(s.meta, labeller=labeller, **meta))
 
 
 class OracleLabeller:
@@ -53,7 +52,7 @@ class ModelLabeller:
 
   def label(self, solutions: Sequence[Solution]) -> list[Solution]:
     out = []
-    for s in self.scorer.score([Solution(**{**s.__dict__, "scores": None}) for s in solutions]):
+    for s in self.scorer.score([dataclasses.replace(s, scores=None) for s in solutions]):
       probs = s.scores["prm_steps"]
       labels = [-1 if p < self.low else 0 if p < self.high else 1 for p in probs]
       labels += [None] * (len(s.steps) - len(labels))  # steps past the scorer's seq_len
@@ -143,10 +142,10 @@ class FileLabeller:
 
 
 def make_labeller(spec: str, workdir: str, sampler=None, rollouts: int = 8, seed: int = 0,
-                  scorer_kwargs: dict | None = None) -> Labeller:
+                  config=None) -> Labeller:
   """A labeller from its config name: `oracle`, `rollout` (needs `sampler`, a callable returning a
-  Sampler), `model:PRM_WORKDIR`, or `file` (exports `workdir/to_label.jsonl`, reads back
-  `workdir/labelled_by_humans.jsonl`)."""
+  Sampler), `model:PRM_WORKDIR` (scored with `config`'s score settings and mesh), or `file`
+  (exports `workdir/to_label.jsonl`, reads back `workdir/labelled_by_humans.jsonl`)."""
   if spec == "oracle":
     return OracleLabeller()
   if spec == "rollout":
@@ -155,7 +154,7 @@ def make_labeller(spec: str, workdir: str, sampler=None, rollouts: int = 8, seed
     return RolloutLabeller(sampler(), m=rollouts, seed=seed)
   if spec.startswith("model:"):
     from prm_jax.scoring import Scorer
-    return ModelLabeller(Scorer(spec[len("model:"):], **(scorer_kwargs or {})))
+    return ModelLabeller(Scorer.from_run(spec[len("model:"):], config))
   if spec == "file":
     return FileLabeller(os.path.join(workdir, "to_label.jsonl"),
                         os.path.join(workdir, "labelled_by_humans.jsonl"))

@@ -7,6 +7,7 @@ atomic (`write_jsonl`: temp file + rename) or crash-safe appending (`JsonlAppend
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -213,17 +214,16 @@ def _dumps(rec) -> str:
   return json.dumps(d, ensure_ascii=False)
 
 
-def write_jsonl(path: str, records: Iterable[Any]) -> int:
-  """Writes all records atomically: readers see the old file or the complete new one, never half."""
+@contextlib.contextmanager
+def atomic_open(path: str) -> Iterator[Any]:
+  """A text file that appears at `path` only when the block ends without error (temp file + fsync +
+  rename): readers see the old file or the complete new one, never half of one."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-  n = 0
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-      for rec in records:
-        f.write(_dumps(rec) + "\n")
-        n += 1
+      yield f
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -231,7 +231,29 @@ def write_jsonl(path: str, records: Iterable[Any]) -> int:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_jsonl(path: str, records: Iterable[Any]) -> int:
+  """Writes all records atomically; returns how many."""
+  n = 0
+  with atomic_open(path) as f:
+    for rec in records:
+      f.write(_dumps(rec) + "\n")
+      n += 1
   return n
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Every JSON report (bon.json, process.json, eval.json, metrics.json, summaries), atomically."""
+  with atomic_open(path) as f:
+    json.dump(obj, f, indent=1, ensure_ascii=False)
+    f.write("\n")
+
+
+def write_text(path: str, text: str) -> None:
+  """Markdown reports and other text outputs, atomically."""
+  with atomic_open(path) as f:
+    f.write(text)
 
 
 class JsonlAppender:

@@ -10,7 +10,6 @@ A row stops at EOS or when the line after a `# Answer` line ends.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import zlib
 from typing import Sequence
 
@@ -145,8 +144,9 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int
 
 def make_generate_fn(graphdef, params, cfg, sc: SamplingConfig, batch: int, length: int, mesh,
                      rules):
-  """`fn(params, cache, tokens, positions, keys) -> (tokens, lengths, cache)` with explicit
-  shardings (rows over the data axes) and the cache donated, plus a cache placed on the mesh.
+  """`fn(params, cache, tokens, positions, key_data) -> (tokens, lengths, cache)` with explicit
+  shardings (rows over the batch axes; `key_data` uint32[B, 2] from `row_keys`), the outputs
+  replicated (every process reads them) and the cache donated, plus a cache placed on the mesh.
 
   Placing the cache matters: an unplaced cache next to mesh-placed weights is not aliased across
   the decode loop, which costs about 4x on CPU.
@@ -159,41 +159,61 @@ def make_generate_fn(graphdef, params, cfg, sc: SamplingConfig, batch: int, leng
                                  mesh, rules)
   cache_sh = KVCache(kv, kv, sharding.logical_sharding(("batch", None), (batch, total), mesh, rules),
                      sharding.logical_sharding((), (), mesh, rules))
-  keys_sh = sharding.logical_sharding(("batch",), (batch,), mesh, rules)
-  fn = sharding.jit_apply(lambda m, c, t, p, k: generate(m, c, t, p, k, sc), graphdef,
-                          sharding.state_shardings(params, mesh, rules),
-                          (cache_sh, row, row, keys_sh), (row, keys_sh, cache_sh), mesh, rules,
-                          donate_argnums=(1,))
+  keys_sh = sharding.logical_sharding(("batch", None), (batch, 2), mesh, rules)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  fn = sharding.jit_apply(
+      lambda m, c, t, p, k: generate(m, c, t, p, jax.random.wrap_key_data(k), sc), graphdef,
+      sharding.state_shardings(params, mesh, rules), (cache_sh, row, row, keys_sh),
+      (replicated, replicated, cache_sh), mesh, rules, donate_argnums=(1,))
   return fn, jax.device_put(KVCache.init(cfg, batch, total), cache_sh)
 
 
 # ----------------------------------------------------------------------------- the Python API
 
 class Sampler:
-  """N solutions per problem from a trained generator (`prm-jax train --task sft` workdir).
+  """N graded solutions per problem from a generator.
 
-      sampler = Sampler("runs/demo/generator", temperature=0.8)
-      solutions = sampler.sample(problems, n=16, seed=0)   # graded `Solution`s
+      sampler = Sampler.from_run("runs/gen", config)        # a run directory, or "hf:PATH"
+      sampler = Sampler(model, tokenizer, config)           # the model a notebook just trained
+      solutions = sampler.sample(problems, n=16, seed=0)    # graded `Solution`s, in input order
+
+  `config` is a prm_jax config (`configs/base.py`): `config.sample` holds the settings, `config.mesh`
+  and `config.rules` the sharding (or pass `mesh` / `rules`).
   """
 
-  def __init__(self, checkpoint: str, *, mesh=None, rules=None, batch_size: int = 64,
-               max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
-               top_p: float = 1.0, buckets: Sequence[int] = (64, 128, 256, 512, 1024),
-               grading_mode: str = "prm800k"):
+  def __init__(self, model: CausalLM, tokenizer, config=None, mesh=None, rules=None):
     from prm_jax import sharding
-    from prm_jax.train.checkpoints import load_trained
-    self.mesh = mesh or sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    self.rules = tuple(rules or sharding.DEFAULT_RULES)
-    model, self.cfg, self.tok, task = load_trained(checkpoint, self.mesh, self.rules)
-    if task != "sft":
-      raise ValueError(f"{checkpoint} holds a {task!r} model; sampling needs a generator (sft)")
-    self.graphdef, self.params = nnx.split(model)
-    self.batch_size = batch_size - batch_size % self.mesh.shape["data"] or self.mesh.shape["data"]
-    self.buckets, self.grading_mode = tuple(buckets), grading_mode
-    self.sc = SamplingConfig(max_new_tokens, temperature, top_k, top_p, self.tok.eos_id,
-                             self.tok.nl_id, self.tok.pad_id, self.tok.bos_id,
-                             tuple(self.tok.encode("# Answer")), self.tok.vocab_size)
+    from prm_jax.configs import base
+    config = config if config is not None else base.get_config()
+    if not isinstance(model, CausalLM):
+      raise ValueError(f"sampling needs a generator (CausalLM), got {type(model).__name__}")
+    self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
+    self.rules = tuple(rules if rules is not None else config.rules)
+    s = config.sample
+    self.tok, self.cfg = tokenizer, model.cfg
+    if tokenizer.vocab_size > model.cfg.vocab_size:
+      raise ValueError(f"the tokenizer's {tokenizer.vocab_size} pieces do not fit the model's "
+                       f"embedding table of {model.cfg.vocab_size}")
+    self.graphdef, params = nnx.split(model)
+    self.params = jax.device_put(params, sharding.state_shardings(params, self.mesh, self.rules))
+    div = sharding.batch_divisor(self.mesh, self.rules)
+    self.batch_size = max(div, s.batch_size - s.batch_size % div)
+    self.buckets, self.grading_mode = tuple(s.buckets), s.grading_mode
+    self.sc = SamplingConfig(s.max_new_tokens, s.temperature, s.top_k, s.top_p, tokenizer.eos_id,
+                             tokenizer.nl_id, tokenizer.pad_id, tokenizer.bos_id,
+                             tuple(tokenizer.encode("# Answer")), tokenizer.vocab_size)
     self._fns, self._caches = {}, {}
+
+  @classmethod
+  def from_run(cls, spec: str, config=None) -> "Sampler":
+    """Opens a generator run (or `hf:PATH`) on the mesh of `config.mesh`."""
+    from prm_jax import sharding
+    from prm_jax.configs import base
+    from prm_jax.runs import Run
+    config = config if config is not None else base.get_config()
+    mesh, rules = sharding.make_mesh(config.mesh), tuple(config.rules)
+    run = Run.open(spec, mesh, rules).require("sampling", "sft")
+    return cls(run.model, run.tokenizer, config, mesh, rules)
 
   def _fn(self, length: int):
     """One compiled program and one donated cache per prompt bucket."""
@@ -203,14 +223,18 @@ class Sampler:
           self.rules)
     return self._fns[length]
 
-  def sample(self, problems, n: int, seed: int = 0, skip=frozenset(), progress: bool = False):
-    """All `n` samples of each problem (minus the `(problem_id, idx)` pairs in `skip`), as a list."""
-    return [s for batch in self.iter_batches(problems, n, seed, skip, progress) for s in batch]
+  def sample(self, problems, n: int, seed: int = 0, progress: bool = False):
+    """All `n` samples of each problem, problem by problem, as one list."""
+    return [s for batch in self.iter_batches(problems, n, seed, progress=progress) for s in batch]
 
-  def iter_batches(self, problems, n: int, seed: int = 0, skip=frozenset(), progress: bool = False):
-    """Yields lists of graded `Solution`s, one list per generated batch (for streaming writers)."""
-    jobs = [(p, k, ()) for p in problems for k in range(n) if (p.problem_id, k) not in skip]
-    yield from self._run(jobs, seed, progress)
+  def iter_batches(self, problems, n: int, seed: int = 0, start: int = 0, progress: bool = False):
+    """Yields lists of graded `Solution`s in input order (problem-major, then sample index), one
+    list per generated batch, from job `start` on (a resume: batches stay aligned to absolute job
+    numbers, so the rows are those an uninterrupted run writes)."""
+    if n < 1:
+      raise ValueError(f"samples per problem n={n} must be >= 1")
+    jobs = [(p, k, ()) for p in problems for k in range(n)]
+    yield from self._run(jobs, seed, progress, start)
 
   def complete(self, prefixes, m: int, seed: int = 0):
     """`m` continuations of each (problem, steps-so-far) pair: rollouts for Monte-Carlo labels.
@@ -227,73 +251,91 @@ class Sampler:
       ids += self.tok.encode(step) + [self.tok.nl_id]
     return ids
 
-  def _run(self, jobs, seed: int, progress: bool):
+  def _generate(self, prompts: list[list[int]], keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One fixed-shape batch: prompts padded to the bucket of the longest, placed on the mesh."""
+    from prm_jax import sharding
+    length = bucket_length(max(map(len, prompts)), self.buckets)
+    fn = self._fn(length)
+    tokens, positions = left_pad(prompts, length, self.tok.pad_id)
+    row = sharding.logical_sharding(("batch", None), tokens.shape, self.mesh, self.rules)
+    key_sh = sharding.logical_sharding(("batch", None), keys.shape, self.mesh, self.rules)
+    out, lengths, self._caches[length] = fn(
+        self.params, self._caches[length], sharding.put_global(tokens, row),
+        sharding.put_global(positions, row), sharding.put_global(keys, key_sh))
+    return sharding.to_host(out), sharding.to_host(lengths)
+
+  def _run(self, jobs, seed: int, progress: bool, start: int = 0):
     import time
-    import zlib
     from tqdm.auto import tqdm
-    from prm_jax import grading
-    from prm_jax.records import Solution
+    from prm_jax import distributed
 
     def key_id(p, prefix):  # rollouts of different prefixes get different randomness
       return p.problem_id if not prefix else (
           f"{p.problem_id}|{len(prefix)}|{zlib.crc32(chr(10).join(prefix).encode())}")
-    prompts = [self._prompt(p.problem, prefix) for p, _, prefix in jobs]
-    by_bucket: dict[int, list[int]] = {}
-    for j, ids in enumerate(prompts):
-      by_bucket.setdefault(bucket_length(len(ids), self.buckets), []).append(j)
-    bar = tqdm(total=len(jobs), desc="sample", unit=" samples", disable=not progress)
+    b = self.batch_size
+    if start >= len(jobs):
+      return
+    first = start // b * b
+    bar = tqdm(total=len(jobs), initial=start, desc="sample", unit=" samples",
+               disable=not progress or not distributed.is_main())
     t0 = time.perf_counter()
-    for length, members in sorted(by_bucket.items()):
-      fn = self._fn(length)
-      for lo in range(0, len(members), self.batch_size):
-        chunk = members[lo:lo + self.batch_size]
-        fill = self.batch_size - len(chunk)
-        rows = [prompts[j] for j in chunk] + [prompts[chunk[0]]] * fill  # fixed batch shape
-        tokens, positions = left_pad(rows, length, self.tok.pad_id)
-        ids = [key_id(jobs[j][0], jobs[j][2]) for j in chunk] + ["<pad>"] * fill
-        keys = row_keys(seed, ids, [jobs[j][1] for j in chunk] + [0] * fill)
-        out, lengths, self._caches[length] = fn(self.params, self._caches[length], tokens,
-                                                  positions, keys)
-        out, lengths = np.asarray(out), np.asarray(lengths)
-        batch = []
-        for r, j in enumerate(chunk):
-          p, k, prefix = jobs[j]
-          gen = out[r, :lengths[r]].tolist()
-          finish = "eos" if gen and gen[-1] == self.tok.eos_id else (
-              "answer" if lengths[r] < self.sc.max_new_tokens else "length")
-          text = self.tok.decode([t for t in gen if t != self.tok.eos_id])
-          steps = list(prefix) + text.split("\n")
-          while steps and not steps[-1].strip():
-            steps.pop()
-          answer = grading.extract_answer("\n".join(steps))
-          correct = grading.grade_answer(answer, p.answer, self.grading_mode) if (
-              answer is not None and p.answer is not None) else (False if p.answer else None)
-          meta = {"sample_idx": k, "seed": seed, "num_tokens": int(lengths[r])}
-          if prefix:
-            meta["prefix_steps"] = len(prefix)
-          batch.append(Solution(problem_id=p.problem_id, problem=p.problem, steps=steps,
-                                answer=answer, ground_truth_answer=p.answer, is_correct=correct,
-                                finish_reason=finish, meta=meta))
-        bar.update(len(chunk))
-        bar.set_postfix(samples_per_s=f"{bar.n / (time.perf_counter() - t0):.1f}", refresh=False)
-        yield batch
+    for lo in range(first, len(jobs), b):
+      chunk = jobs[lo:lo + b]
+      fill = b - len(chunk)
+      prompts = [self._prompt(p.problem, prefix) for p, _, prefix in chunk]
+      prompts += [prompts[0]] * fill  # fixed batch shape
+      keys = row_keys(seed, [key_id(p, prefix) for p, _, prefix in chunk] + ["<pad>"] * fill,
+                      [k for _, k, _ in chunk] + [0] * fill)
+      out, lengths = self._generate(prompts, np.asarray(jax.random.key_data(keys)))
+      batch = [self._solution(p, k, prefix, out[r, :lengths[r]].tolist(), seed)
+               for r, (p, k, prefix) in enumerate(chunk) if lo + r >= start]
+      bar.update(len(batch))
+      bar.set_postfix(samples_per_s=f"{(bar.n - start) / (time.perf_counter() - t0):.1f}",
+                      refresh=False)
+      yield batch
     bar.close()
 
+  def _solution(self, p, k: int, prefix: tuple[str, ...], gen: list[int], seed: int):
+    """A generated row as a graded `Solution`: its text split into steps, the answer extracted."""
+    from prm_jax import grading
+    from prm_jax.records import Solution
+    finish = "eos" if gen and gen[-1] == self.tok.eos_id else (
+        "answer" if len(gen) < self.sc.max_new_tokens else "length")
+    text = self.tok.decode([t for t in gen if t != self.tok.eos_id])
+    steps = list(prefix) + text.split("\n")
+    while steps and not steps[-1].strip():
+      steps.pop()
+    answer = grading.extract_answer("\n".join(steps))
+    correct = grading.grade_answer(answer, p.answer, self.grading_mode) if (
+        answer is not None and p.answer is not None) else (False if p.answer else None)
+    meta = {"sample_idx": k, "seed": seed, "num_tokens": len(gen)}
+    if prefix:
+      meta["prefix_steps"] = len(prefix)
+    return Solution(problem_id=p.problem_id, problem=p.problem, steps=steps, answer=answer,
+                    ground_truth_answer=p.answer, is_correct=correct, finish_reason=finish,
+                    meta=meta)
 
-def sample_to_file(checkpoint: str, problems_path: str, output: str, n: int, seed: int,
-                   sampler_kwargs: dict | None = None, skip_invalid: bool = False) -> dict:
-  """`prm-jax sample`: streams graded samples to `output`, resuming where a previous run stopped."""
-  from prm_jax.records import JsonlAppender, ReadStats, read_problems, read_solutions
-  problems = list(read_problems(problems_path, skip_invalid, ReadStats()))
-  with JsonlAppender(output) as out:
-    done = {(s.problem_id, s.meta.get("sample_idx")) for s in read_solutions(output)} \
-        if out.existing else set()
-    sampler = Sampler(checkpoint, **(sampler_kwargs or {}))
+
+def sample_to_file(sampler: Sampler, problems, output: str, n: int, seed: int) -> dict:
+  """`prm-jax sample`: streams graded samples to `output` in input order (problem by problem, then
+  sample index) and resumes where an earlier run stopped, on one process or many (every process
+  generates its devices' share of each batch; process 0 writes the one output file)."""
+  from prm_jax import distributed
+  from prm_jax.records import read_solutions
+  problems = list(problems)
+  want = [(p.problem_id, k) for p in problems for k in range(n)]
+
+  def check_existing(path):  # the rows already there must be the first jobs, in order
+    for i, s in enumerate(read_solutions(path)):
+      got = (s.problem_id, s.meta.get("sample_idx"))
+      if i >= len(want) or got != want[i]:
+        raise ValueError(f"{path}:{i + 1}: holds sample {got}, but this run's row {i + 1} is "
+                         f"{want[i] if i < len(want) else 'past the end'}; it was written from "
+                         "other problems or another n: choose another --output")
+  with distributed.ResumableOutput(output, check_existing) as out:
     written = 0
-    for batch in sampler.iter_batches(problems, n, seed, skip=done, progress=True):
-      for s in batch:
-        out.write(s)
-      out.flush()
+    for batch in sampler.iter_batches(problems, n, seed, start=out.done, progress=True):
+      out.write_all(batch)
       written += len(batch)
-  return {"problems": len(problems), "resumed_from": len(done), "written": written}
-
+  return {"problems": len(problems), "resumed_from": out.done, "written": written,
+          **distributed.mesh_summary(sampler.mesh)}

@@ -12,13 +12,14 @@ loop over solutions or steps anywhere:
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from prm_jax.model.heads import RewardModel
+from prm_jax.records import Solution
 
 METHODS = ("prod", "min", "last")
 
@@ -57,6 +58,9 @@ def step_ok_probability(logits: jax.Array, neutral_is_positive: bool = True) -> 
   """P(step ok) from PRM logits [..., 3] ordered (neg, neutral, pos)."""
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   return 1.0 - probs[..., 0] if neutral_is_positive else probs[..., 2]
+
+
+PACKED_KEYS = ("tokens", "segment_ids", "positions", "solution_id", "step_end")
 
 
 def score_packed(model: RewardModel, batch: dict[str, jax.Array], max_steps: int,
@@ -126,8 +130,7 @@ def pack_for_scoring(encoded: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: 
     batches.append(cur_rows)
   out = []
   for rows_ in batches:
-    arrays = {k: np.zeros((rows, seq_len), np.int32) for k in
-              ("tokens", "segment_ids", "positions", "step_end")}
+    arrays = {k: np.zeros((rows, seq_len), np.int32) for k in PACKED_KEYS if k != "solution_id"}
     arrays["solution_id"] = np.full((rows, seq_len), -1, np.int32)
     members = sorted(i for r in rows_ for i in r)
     local = {i: k for k, i in enumerate(members)}
@@ -151,43 +154,69 @@ def pack_for_scoring(encoded: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: 
 # ----------------------------------------------------------------------------- the Python API
 
 class Scorer:
-  """Scores `Solution`s with a trained ORM or PRM (`prm-jax train --task orm|prm` workdir).
+  """Scores `Solution`s with an ORM or a PRM.
 
-      scorer = Scorer("runs/demo/prm")
-      scored = list(scorer.score(solutions))  # same records, in order, with `scores` filled in
+      scorer = Scorer.from_run("runs/prm", config)   # a run directory (or "hf:PATH")
+      scorer = Scorer(model, tokenizer, config)      # a RewardModel in memory
+      scored = list(scorer.score(solutions))         # same records, in order, with `scores` filled
 
   PRM scores: `prm` (product), `prm_min`, `prm_last`, `prm_steps` (per-step P(ok)); ORM: `orm`.
-  Solutions longer than `seq_len` are scored on the whole steps that fit (`meta.scored_steps`).
+  Solutions longer than `score.seq_len` are scored on the whole steps that fit (`meta.scored_steps`).
+  Settings come from `config.score`; P(ok) counts a neutral step as ok when
+  `score.neutral_is_positive` says so, by default what the run was trained with
+  (`train.neutral_is_positive`).
   """
 
-  def __init__(self, checkpoint: str, *, mesh=None, rules=None, seq_len: int = 1024,
-               rows: int = 16, chunk: int = 512, neutral_is_positive: bool = True):
+  def __init__(self, model: RewardModel, tokenizer, config=None, mesh=None, rules=None):
     from flax import nnx
     from prm_jax import sharding
-    from prm_jax.train.checkpoints import load_trained
-    self.mesh = mesh or sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    rules = tuple(rules or sharding.DEFAULT_RULES)
-    model, self.cfg, self.tok, self.kind = load_trained(checkpoint, self.mesh, rules)
-    if self.kind not in ("orm", "prm"):
-      raise ValueError(f"{checkpoint} holds a {self.kind!r} model; scoring needs an orm or prm")
-    data = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-    self.rows = max(data, rows - rows % data)
-    self.seq_len, self.chunk = seq_len, chunk
-    graphdef, self.params = nnx.split(model)
-    row = sharding.logical_sharding(("batch", None), (self.rows, seq_len), self.mesh, rules)
+    from prm_jax.configs import base
+    config = config if config is not None else base.get_config()
+    if not isinstance(model, RewardModel):
+      raise ValueError(f"scoring needs an orm or prm model, got {type(model).__name__}")
+    self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
+    rules = tuple(rules if rules is not None else config.rules)
+    sc = config.score
+    self.kind, self.tok, self.cfg = model.kind, tokenizer, model.cfg
+    nip = sc.get("neutral_is_positive")
+    self.neutral_is_positive = bool(config.train.neutral_is_positive if nip is None else nip)
+    div = sharding.batch_divisor(self.mesh, rules)
+    self.rows = max(div, sc.rows - sc.rows % div)
+    self.seq_len, self.chunk = sc.seq_len, sc.chunk
+    graphdef, params = nnx.split(model)
+    param_sh = sharding.state_shardings(params, self.mesh, rules)
+    self.params = jax.device_put(params, param_sh)
+    self._row = sharding.logical_sharding(("batch", None), (self.rows, self.seq_len), self.mesh,
+                                          rules)
     # every solution and step takes >= 2 tokens (text + newline), which bounds the static sizes
-    cap = self.rows * seq_len // 2
+    cap = self.rows * self.seq_len // 2
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self._fn = sharding.jit_apply(
-        lambda m, b: score_packed(m, b, cap, cap, neutral_is_positive), graphdef,
-        sharding.state_shardings(self.params, self.mesh, rules),
-        ({k: row for k in ("tokens", "segment_ids", "positions", "solution_id", "step_end")},),
-        None, self.mesh, rules)
+        lambda m, b: score_packed(m, b, cap, cap, self.neutral_is_positive), graphdef, param_sh,
+        ({k: self._row for k in PACKED_KEYS},), replicated, self.mesh, rules)
+
+  @classmethod
+  def from_run(cls, spec: str, config=None) -> "Scorer":
+    """Opens a reward-model run on the mesh of `config.mesh`, honouring the settings it was
+    trained with (`train.neutral_is_positive`)."""
+    from prm_jax import sharding
+    from prm_jax.configs import base, derive
+    from prm_jax.runs import Run
+    config = config if config is not None else base.get_config()
+    mesh, rules = sharding.make_mesh(config.mesh), tuple(config.rules)
+    run = Run.open(spec, mesh, rules).require("scoring", "orm", "prm")
+    trained = run.train_config.get("neutral_is_positive")
+    if trained is not None:
+      config = derive(config, {"train.neutral_is_positive": bool(trained)})
+    return cls(run.model, run.tokenizer, config, mesh, rules)
 
   def _score_chunk(self, sols):
+    from prm_jax import sharding
     from prm_jax.tokenizer import encode_solution
     enc = [encode_solution(self.tok, s.problem, s.steps, max_len=self.seq_len) for s in sols]
     for pb in pack_for_scoring([(e.tokens, e.step_ends) for e in enc], self.seq_len, self.rows):
-      out = jax.device_get(self._fn(self.params, pb.arrays))
+      batch = {k: sharding.put_global(v, self._row) for k, v in pb.arrays.items()}
+      out = {k: sharding.to_host(v) for k, v in self._fn(self.params, batch).items()}
       for k, i in enumerate(pb.solution_index):
         s, e = sols[i], enc[i]
         scores = dict(s.scores or {})
@@ -197,13 +226,13 @@ class Scorer:
           steps = out["step_probs"][out["step_solution"] == k]
           scores.update(prm=float(out["prod"][k]), prm_min=float(out["min"][k]),
                         prm_last=float(out["last"][k]), prm_steps=[float(x) for x in steps])
-        s.scores = scores
-        if e.truncated_steps:
-          s.meta = dict(s.meta, scored_steps=len(s.steps) - e.truncated_steps)
+        meta = dict(s.meta, scored_steps=len(s.steps) - e.truncated_steps) if (
+            e.truncated_steps) else s.meta
+        sols[i] = dataclasses.replace(s, scores=scores, meta=meta)
     return sols
 
-  def score(self, solutions):
-    """Yields the solutions, in input order, with their scores."""
+  def score(self, solutions: Iterable[Solution]) -> Iterator[Solution]:
+    """Yields the solutions, in input order, with their scores (new records; inputs untouched)."""
     chunk = []
     for s in solutions:
       chunk.append(s)
@@ -214,32 +243,25 @@ class Scorer:
       yield from self._score_chunk(chunk)
 
 
-def score_to_file(checkpoint: str, input_path: str, output: str, skip_invalid: bool = False,
-                  scorer_kwargs: dict | None = None) -> dict:
-  """`prm-jax score`: streams scored records to `output` in input order; resumes after a kill.
-
-  Multi-host: process p scores records p, p+P, ... into `output.p-of-P`.
-  """
+def score_to_file(scorer: Scorer, solutions: Iterable[Solution], output: str) -> dict:
+  """`prm-jax score`: streams scored records to `output` in input order and resumes after a kill,
+  on one process or many (every process scores its devices' share of each packed batch; process 0
+  writes the one output file). Chunks stay aligned to absolute input positions, so a resumed run
+  packs, and scores, every row exactly as an uninterrupted one."""
   import itertools
   from tqdm.auto import tqdm
-  from prm_jax.data.prm800k import read_any_solutions
-  from prm_jax.records import JsonlAppender, ReadStats
-  pid, nproc = jax.process_index(), jax.process_count()
-  path = output if nproc == 1 else f"{output}.{pid}-of-{nproc}"
-  stats = ReadStats()
-  mine = (s for i, s in enumerate(read_any_solutions(input_path, skip_invalid, stats))
-          if i % nproc == pid)
-  with JsonlAppender(path) as out:
-    done = out.existing
-    scorer = Scorer(checkpoint, **(scorer_kwargs or {}))
-    bar = tqdm(desc="score", unit=" sol", initial=done, disable=None)
-    written = 0
-    for k, s in enumerate(scorer.score(itertools.islice(mine, done, None))):
-      out.write(s)
-      written += 1
+  from prm_jax import distributed
+  with distributed.ResumableOutput(output) as out:
+    first = out.done // scorer.chunk * scorer.chunk
+    bar = tqdm(desc="score", unit=" sol", initial=out.done,
+               disable=None if distributed.is_main() else True)
+    rows, written = itertools.islice(iter(solutions), first, None), 0
+    for k, s in enumerate(scorer.score(rows), first):
+      if k >= out.done:
+        out.write(s)
+        written += 1
+        bar.update(1)
       if (k + 1) % scorer.chunk == 0:
         out.flush()
-      bar.update(1)
     bar.close()
-  return {"resumed_from": done, "written": written, "skipped_invalid": stats.skipped,
-          "output": path}
+  return {"resumed_from": out.done, "written": written, **distributed.mesh_summary(scorer.mesh)}

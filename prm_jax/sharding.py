@@ -1,7 +1,8 @@
 """Mesh construction and logical-axis sharding.
 
-Parameters and activations name their axes logically (`embed`, `mlp`, `heads`, `batch`, ...); a rules
-table in the config maps each logical name to mesh axes of the mesh `("data", "fsdp", "tensor")`. A name
+Parameters and activations name their axes logically (`embed`, `mlp`, `heads`, `batch`, ...); the rules
+table in the config (`configs/base.py: RULES`, the only one) maps each logical name to mesh axes of the
+mesh `("data", "fsdp", "tensor")`. A name
 whose mesh axes do not divide the dimension, or are already used by an earlier dimension, is replicated,
 so one rules table serves every model size and mesh shape.
 """
@@ -22,23 +23,6 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 MESH_AXES = ("data", "fsdp", "tensor")
 
 Rules = Sequence[tuple[str, Any]]
-
-# FSDP over `fsdp` on the embedding dimension, Megatron-style tensor parallelism over `tensor`, and the
-# batch split over both data-like axes.
-DEFAULT_RULES: Rules = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("vocab", "tensor"),
-    ("norm", None),
-    ("layers", None),
-    ("classes", None),
-)
-
 
 def make_mesh(shape: Mapping[str, int] | Sequence[int], devices: Sequence[jax.Device] | None = None
               ) -> Mesh:
@@ -137,6 +121,29 @@ def shard_batch(batch, mesh: Mesh, rules: Rules, axes: Sequence[str | None] = ("
     sh = logical_sharding(names, global_shape, mesh, rules)
     return jax.make_array_from_process_local_data(sh, x, global_shape)
   return jax.tree.map(one, batch)
+
+
+def put_global(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+  """A global array from a host array every process holds whole (inference batches): each process
+  places only the slices its own devices own, so one code path serves one host and a pod."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A replicated output as NumPy on every process (`np.asarray` refuses arrays that span other
+  processes' devices, even replicated ones)."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  if not x.sharding.is_fully_replicated:
+    raise ValueError(f"array of shape {x.shape} is split across processes; replicate it first")
+  return np.asarray(x.addressable_shards[0].data)
+
+
+def batch_divisor(mesh: Mesh, rules: Rules) -> int:
+  """How many ways the rules split the `batch` axis on `mesh`: row counts must be multiples."""
+  table = {name: _as_tuple(target) for name, target in rules}
+  return math.prod(mesh.shape[a] for a in table.get("batch", ()))
 
 
 _CONTEXT: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.ContextVar(

@@ -46,6 +46,7 @@ def bench_prm_jax(path, prompts, new, dtype):
   import jax.numpy as jnp
   from flax import nnx
   from prm_jax import sharding
+  from prm_jax.configs import base
   from prm_jax.model.hf_import import load_hf_causal_lm
   from prm_jax.sampling import SamplingConfig, left_pad, make_generate_fn, row_keys
   mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
@@ -53,9 +54,9 @@ def bench_prm_jax(path, prompts, new, dtype):
   graphdef, params = nnx.split(model)
   b, p = prompts.shape
   sc = SamplingConfig(max_new_tokens=new, temperature=1.0, eos_id=-1, nl_id=-1, pad_id=0, bos_id=0)
-  fn, cache = make_generate_fn(graphdef, params, model.cfg, sc, b, p, mesh, sharding.DEFAULT_RULES)
+  fn, cache = make_generate_fn(graphdef, params, model.cfg, sc, b, p, mesh, base.RULES)
   tokens, positions = left_pad(prompts.tolist(), p, 0)
-  keys = row_keys(0, [f"p{i}" for i in range(b)], [0] * b)
+  keys = jax.random.key_data(row_keys(0, [f"p{i}" for i in range(b)], [0] * b))
   out, lengths, cache = fn(params, cache, tokens, positions, keys)
   jax.block_until_ready(out)
   assert int(jnp.min(lengths)) == new

@@ -23,7 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from configs import model_sizes  # noqa: E402
+from prm_jax.configs import model_sizes  # noqa: E402
 from prm_jax.model import ModelConfig, RewardModel  # noqa: E402
 from prm_jax.scoring import METHODS, aggregate_step_scores, pack_for_scoring, score_packed  # noqa
 

@@ -51,7 +51,7 @@ def one_digit_sums(n: int, seed: int):
 
 def tiny_train_config(workdir, task: str, steps: int, **train):
   """A 2-layer, 64-wide model on 128-token rows: the tests' trainable size."""
-  from configs import base
+  from prm_jax.configs import base
   c = base.get_config("tiny")
   c.workdir = str(workdir)
   c.model.update(dict(vocab_size=512, dim=64, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -77,3 +77,42 @@ def synthetic_generator(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("synthetic") / "sft"
   train(tiny_train_config(workdir, "sft", 500), records=refs, tokenizer=tok)
   return str(workdir), tok, probs
+
+
+def tiny_run_config(workdir, task: str, steps: int = 60):
+  """The shared tiny runs' config: 1 layer, 32 wide, 64-token rows."""
+  from prm_jax.configs import base
+  c = base.get_config("tiny")
+  c.workdir = str(workdir)
+  c.model.update(dict(vocab_size=320, dim=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                      mlp_dim=64, max_seq_len=64))
+  c.train.update(dict(task=task, steps=steps, batch_size=16, seq_len=64, learning_rate=1e-2,
+                      warmup_steps=5, log_every=steps, save_every=steps))
+  return c
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+  """A tiny generator (SFT) and PRM trained once per session on the one-digit-sums step task, with
+  its data files: {"sft", "prm", "problems", "solutions", "train_data", "tokenizer"} -> path."""
+  import json
+  from prm_jax.records import write_jsonl
+  from prm_jax.tokenizer import train_sentencepiece
+  from prm_jax.train.loop import train
+  root = tmp_path_factory.mktemp("runs")
+  sols = one_digit_sums(300, 11)
+  tok = train_sentencepiece(["Add.\n" + s.text for s in sols], vocab_size=300,
+                            path=str(root / "tok.model"))
+  out = {"tokenizer": str(root / "tok.model"), "train_data": str(root / "train.jsonl")}
+  write_jsonl(out["train_data"], sols)
+  for task in ("sft", "prm"):
+    train(tiny_run_config(root / task, task), records=sols, tokenizer=tok)
+    out[task] = str(root / task)
+  problems = root / "problems.jsonl"
+  problems.write_text("".join(json.dumps({"problem_id": f"q{i}", "problem": "Add.",
+                                          "answer": str(i % 9)}) + "\n" for i in range(40)))
+  out["problems"] = str(problems)
+  solutions = root / "solutions.jsonl"
+  write_jsonl(str(solutions), one_digit_sums(2000, 12))  # long enough to kill mid-run
+  out["solutions"] = str(solutions)
+  return out

@@ -17,10 +17,11 @@ from flax import nnx  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 from prm_jax import sharding  # noqa: E402
+from prm_jax.configs import base  # noqa: E402
 from prm_jax.model import CausalLM, ModelConfig  # noqa: E402
 
 cfg = ModelConfig(vocab_size=128, dim=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=128)
-rules = sharding.DEFAULT_RULES
+rules = base.RULES
 mesh = sharding.make_mesh((2, 2, 2))  # spans both processes' devices
 model = sharding.init_sharded(lambda: CausalLM(cfg, rngs=nnx.Rngs(3)), mesh, rules)
 tokens = np.random.default_rng(0).integers(0, 128, (8, 16)).astype(np.int32)

@@ -100,8 +100,8 @@ def test_resume_redoes_only_the_unfinished_generation(run, synthetic_generator):
   write_jsonl(str(probs), al.pool_problems)
   write_jsonl(str(evals), al.eval_problems)
   p = subprocess.run(
-      [PRM_JAX, "active-learn", f"--checkpoint={al.generator}", f"--problems={probs}",
-       f"--eval-problems={evals}", f"--out={out}", "--config.active.generations=2",
+      [PRM_JAX, "active-learn", f"--checkpoint={al.generator}", f"--input={probs}",
+       f"--eval-input={evals}", f"--output={out}", "--config.active.generations=2",
        "--config.active.problems_per_generation=8", "--config.active.samples_per_problem=4",
        "--config.active.budget=16", "--config.active.eval_n=1,2,4",
        "--config.active.eval_samples=4"], capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 
 from prm_jax import sharding
+from prm_jax.configs import base
 from prm_jax.model import CausalLM
 from tests.conftest import ROOT
 
@@ -43,6 +44,6 @@ def test_two_processes_match_single_process(tmp_path, tiny_cfg):
 
   one = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   model = sharding.init_sharded(lambda: CausalLM(tiny_cfg, rngs=nnx.Rngs(3)), one,
-                                sharding.DEFAULT_RULES)
+                                base.RULES)
   want = np.asarray(model(got["tokens"]))
   np.testing.assert_allclose(got["logits"], want, atol=1e-5)

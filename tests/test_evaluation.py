@@ -95,8 +95,9 @@ def test_bon_eval_cli_on_the_papers_scored_samples_format(tmp_path):
   inp = tmp_path / "scored.jsonl"
   inp.write_text("\n".join(rows) + "\n")
   out = tmp_path / "bon"
-  p = subprocess.run([PRM_JAX, "bon-eval", f"--input={inp}", "--n=1,2,4", "--trials=4000", "--seed=0",
-                      f"--out={out}"], capture_output=True, text=True, timeout=300)
+  p = subprocess.run([PRM_JAX, "bon-eval", f"--input={inp}", f"--output={out}",
+                      "--config.eval.n=1,2,4", "--config.eval.trials=4000", "--config.seed=0"],
+                      capture_output=True, text=True, timeout=300)
   assert p.returncode == 0, p.stderr[-2000:]
   bon = json.loads((out / "bon.json").read_text())
   assert bon["n"] == [1, 2, 4] and bon["num_problems"] == 1

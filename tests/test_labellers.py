@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from prm_jax.configs import base
 from prm_jax.data import synthetic
 from prm_jax.labellers import (FileLabeller, LabelsPending, ModelLabeller, OracleLabeller,
                                RolloutLabeller)
@@ -116,12 +117,15 @@ def test_model_labeller_thresholds_a_larger_prm(prm):
   at 0.5) — the reason the paper's labelling PRM is much larger than the one it trains."""
   from prm_jax.evaluation import auroc
   sols, gold = held_out(300)
-  labelled = ModelLabeller(Scorer(prm, seq_len=128, rows=8), low=0.5, high=0.5).label(sols)
+  c = base.get_config()
+  c.score.update(dict(seq_len=128, rows=8))
+  scorer = Scorer.from_run(prm, c)
+  labelled = ModelLabeller(scorer, low=0.5, high=0.5).label(sols)
   pairs = [(p, g == 1) for s, gs in zip(labelled, gold)
            for p, g in zip(s.meta["label_probs"], gs) if g in (-1, 1)]
   assert sum(ok for _, ok in pairs) > 300 and sum(not ok for _, ok in pairs) > 100
   assert auroc(np.array([p for p, _ in pairs]), np.array([ok for _, ok in pairs])) >= 0.65
-  three = ModelLabeller(Scorer(prm, seq_len=128, rows=8), low=0.3, high=0.7).label(sols[:40])
+  three = ModelLabeller(scorer, low=0.3, high=0.7).label(sols[:40])
   for s in three:  # the documented thresholds, and nothing labelled after the first -1
     want = [-1 if p < 0.3 else 0 if p < 0.7 else 1 for p in s.meta["label_probs"]]
     cut = want.index(-1) + 1 if -1 in want else len(want)
@@ -133,8 +137,9 @@ def test_model_labeller_thresholds_a_larger_prm(prm):
 def test_rollout_labeller_agrees_with_the_oracle(synthetic_generator):
   """Stated margin: balanced accuracy against the oracle >= 0.65 (0.5 = no information)."""
   sols, gold = held_out(120)
-  roll = RolloutLabeller(Sampler(synthetic_generator[0], batch_size=64, max_new_tokens=48,
-                                 temperature=0.7), m=4).label(sols)
+  c = base.get_config()
+  c.sample.update(dict(batch_size=64, max_new_tokens=48, temperature=0.7))
+  roll = RolloutLabeller(Sampler.from_run(synthetic_generator[0], c), m=4).label(sols)
   assert balanced_accuracy([r.step_labels for r in roll], gold) >= 0.65
   for r in roll:
     assert len(r.meta["soft_labels"]) == len(r.steps)

@@ -1,6 +1,5 @@
 """The KV-cache sampler and the sample/score commands (real subprocesses, real SIGKILL)."""
 
-import json
 import os
 import signal
 import subprocess
@@ -13,15 +12,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import base
+from prm_jax.configs import base
 from prm_jax.model import CausalLM, KVCache
-from prm_jax.records import Problem, read_solutions, write_jsonl
+from prm_jax.records import Problem, read_solutions
 from prm_jax.sampling import (SamplingConfig, Sampler, apply_top_k, apply_top_p, generate, left_pad,
                               row_keys)
 from prm_jax.scoring import Scorer
-from prm_jax.tokenizer import train_sentencepiece
-from prm_jax.train.loop import train
-from tests.conftest import one_digit_sums
 
 PRM_JAX = os.path.join(os.path.dirname(sys.executable), "prm-jax")
 
@@ -95,40 +91,23 @@ def test_stops_after_the_answer_line():
 
 
 # ----------------------------------------------------------------------------- trained checkpoints
+# (`runs`: conftest.py's session-wide tiny generator and PRM)
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """A tiny generator (SFT) and PRM trained on the synthetic step task."""
-  root = tmp_path_factory.mktemp("runs")
-  sols = one_digit_sums(300, 11)
-  tok = train_sentencepiece(["Add.\n" + s.text for s in sols], vocab_size=300)
-  out = {}
-  for task in ("sft", "prm"):
-    c = base.get_config("tiny")
-    c.workdir = str(root / task)
-    c.model.update(dict(vocab_size=320, dim=32, num_layers=1, num_heads=2, num_kv_heads=1,
-                        mlp_dim=64, max_seq_len=64))
-    c.train.update(dict(task=task, steps=60, batch_size=16, seq_len=64, learning_rate=1e-2,
-                        warmup_steps=5, log_every=60, save_every=60))
-    train(c, records=sols, tokenizer=tok)
-    out[task] = str(root / task)
-  problems = root / "problems.jsonl"
-  problems.write_text("".join(json.dumps({"problem_id": f"q{i}", "problem": "Add.", "answer": str(i % 9)})
-                              + "\n" for i in range(40)))
-  out["problems"] = str(problems)
-  solutions = root / "solutions.jsonl"
-  write_jsonl(str(solutions), one_digit_sums(2000, 12))  # long enough to kill mid-run
-  out["solutions"] = str(solutions)
-  return out
+def sample_config(**sample):
+  c = base.get_config()
+  c.sample.update(dict(max_new_tokens=24, temperature=1.0, **sample))
+  return c
 
 
 def test_sampler_is_deterministic_per_seed_and_batch_independent(runs):
   problems = [Problem(f"q{i}", "Add.", "4") for i in range(5)]
-  a = Sampler(runs["sft"], batch_size=4, max_new_tokens=24, temperature=1.0).sample(problems, 3, seed=7)
-  b = Sampler(runs["sft"], batch_size=16, max_new_tokens=24, temperature=1.0).sample(problems, 3, seed=7)
-  c = Sampler(runs["sft"], batch_size=4, max_new_tokens=24, temperature=1.0).sample(problems, 3, seed=8)
+  small = Sampler.from_run(runs["sft"], sample_config(batch_size=4))
+  a = small.sample(problems, 3, seed=7)
+  b = Sampler.from_run(runs["sft"], sample_config(batch_size=16)).sample(problems, 3, seed=7)
+  c = small.sample(problems, 3, seed=8)
   key = lambda s: (s.problem_id, s.meta["sample_idx"])
-  assert Sampler(runs["sft"], batch_size=4).batch_size == 8   # rounded to the 8-device data axis
+  assert small.batch_size == 8   # rounded to the 8-device data axis
+  assert [key(s) for s in a] == [(f"q{i}", k) for i in range(5) for k in range(3)]  # input order
   assert len(a) == 15 and sorted(map(key, a)) == sorted(map(key, b))
   by = {key(s): s.steps for s in b}
   assert all(s.steps == by[key(s)] for s in a)          # same seed: same samples, any batching
@@ -154,8 +133,9 @@ def kill_after(proc, path, lines, timeout=240):
 
 
 def test_sample_resumes_after_sigkill_without_duplicates(runs, tmp_path):
-  args = ["sample", f"--checkpoint={runs['sft']}", f"--problems={runs['problems']}", "--n=4",
-          "--seed=3", "--config.sample.batch_size=8", "--config.sample.max_new_tokens=32"]
+  args = ["sample", f"--checkpoint={runs['sft']}", f"--input={runs['problems']}",
+          "--config.sample.n=4", "--config.seed=3", "--config.sample.batch_size=8",
+          "--config.sample.max_new_tokens=32"]
   ref = launch(*args, f"--output={tmp_path / 'ref.jsonl'}")
   assert ref.wait(timeout=300) == 0, ref.communicate()[1][-3000:]
   out = tmp_path / "out.jsonl"
@@ -189,7 +169,9 @@ def test_score_resumes_after_sigkill_and_matches_the_scorer(runs, tmp_path):
   got = list(read_solutions(str(out)))
   src = list(read_solutions(runs["solutions"]))
   assert [s.problem_id for s in got] == [s.problem_id for s in src]  # input order, nothing lost
-  direct = list(Scorer(runs["prm"], seq_len=64, rows=4).score(src))
+  c = base.get_config()
+  c.score.update(dict(seq_len=64, rows=4))
+  direct = list(Scorer.from_run(runs["prm"], c).score(src))
   for g, d in zip(got, direct):
     for k in ("prm", "prm_min", "prm_last"):
       assert g.scores[k] == pytest.approx(d.scores[k], abs=1e-5)
@@ -206,7 +188,7 @@ def test_score_rejects_bad_lines_or_skips_them(runs, tmp_path):
   _, err = p.communicate(timeout=300)
   assert p.returncode == 1 and f"{bad}:3: malformed JSON" in err
   p = launch("score", f"--checkpoint={runs['prm']}", f"--input={bad}",
-             f"--output={tmp_path / 'o2.jsonl'}", "--skip-invalid")
+             f"--output={tmp_path / 'o2.jsonl'}", "--config.data.skip_invalid=True")
   out, err = p.communicate(timeout=300)
   assert p.returncode == 0 and "1 invalid skipped" in out
   assert len(list(read_solutions(str(tmp_path / "o2.jsonl")))) == 5

@@ -7,12 +7,12 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from configs import base
+from prm_jax.configs import base
 from prm_jax import sharding
 from prm_jax.model import CausalLM
 from prm_jax.train import losses, trainer
 
-RULES = sharding.DEFAULT_RULES
+RULES = base.RULES
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 4, 2)]
 
 

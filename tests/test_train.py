@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import base
+from prm_jax.configs import base
 from prm_jax import sharding
-from prm_jax.data.pipeline import make_dataset, tokenize
+from prm_jax.data.pipeline import make_dataset
 from prm_jax.tokenizer import IGNORE, train_sentencepiece
 from prm_jax.train import trainer
-from prm_jax.train.checkpoints import load_params
+from prm_jax.model import ModelConfig, build_model
+from prm_jax.runs import RunDir
 from prm_jax.train.loop import TrainingDiverged, train
 from prm_jax.records import write_jsonl
 from tests.conftest import ROOT, one_digit_sums
@@ -48,10 +49,10 @@ def tiny_config(workdir, task, steps, **train):
 def test_prm_learns_step_labels_above_majority(tmp_path, tok):
   train_sols, test_sols = one_digit_sums(600, 0), one_digit_sums(200, 1)
   summary = train(tiny_config(tmp_path, "prm", 300), records=train_sols, tokenizer=tok)
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: trainer.build_model(
-      "prm", trainer.ModelConfig.from_dict(tiny_config(tmp_path, "prm", 1).model), nnx.Rngs(0))),
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(
+      "prm", ModelConfig.from_dict(tiny_config(tmp_path, "prm", 1).model), nnx.Rngs(0))),
       nnx.Param)
-  params = load_params(str(tmp_path / "params"), abstract)
+  params = RunDir(str(tmp_path)).load_params(abstract)
   model = nnx.merge(graphdef, params)
   ds = make_dataset(test_sols, tok, seq_len=64, global_batch=200, seed=0, pack=False, num_epochs=1,
                     shuffle=False)
@@ -75,7 +76,7 @@ def read_losses(workdir):
 
 def launch(workdir, data, tok_path, steps=200, extra=()):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  args = [PRM_JAX, "train", "--task=sft", f"--config.workdir={workdir}", f"--config.train.data={data}",
+  args = [PRM_JAX, "train", "--config.train.task=sft", f"--config.workdir={workdir}", f"--config.train.data={data}",
           f"--config.tokenizer.path={tok_path}", "--config.model.vocab_size=320",
           "--config.model.dim=32", "--config.model.num_layers=1", "--config.model.mlp_dim=64",
           "--config.model.num_heads=2", "--config.model.num_kv_heads=1",
@@ -159,19 +160,19 @@ def test_divergence_stops_and_keeps_finite_checkpoints(tmp_path, tok):
 def test_prm_step_loss_same_on_meshes(tok):
   sols = one_digit_sums(64, 5)
   batch = next(iter(make_dataset(sols, tok, seq_len=64, global_batch=8, seed=0)))
-  cfg = trainer.ModelConfig.from_dict(tiny_config("/tmp", "prm", 1).model)
+  cfg = ModelConfig.from_dict(tiny_config("/tmp", "prm", 1).model)
   tc = tiny_config("/tmp", "prm", 10).train
   tx = trainer.make_optimizer(tc)
   losses = {}
   for shape in [(1, 1, 1), (8, 1, 1), (2, 2, 2)]:
     mesh = sharding.make_mesh(shape, devices=jax.devices()[:1] if shape == (1, 1, 1) else None)
-    model = sharding.init_sharded(lambda: trainer.build_model("prm", cfg, nnx.Rngs(0)), mesh,
-                                  sharding.DEFAULT_RULES)
-    graphdef, state, sh = trainer.create_train_state(model, tx, mesh, sharding.DEFAULT_RULES)
-    bsh = sharding.logical_sharding(("batch",), (8, 64), mesh, sharding.DEFAULT_RULES)
+    model = sharding.init_sharded(lambda: build_model("prm", cfg, nnx.Rngs(0)), mesh,
+                                  base.RULES)
+    graphdef, state, sh = trainer.create_train_state(model, tx, mesh, base.RULES)
+    bsh = sharding.logical_sharding(("batch",), (8, 64), mesh, base.RULES)
     step = trainer.make_train_step(graphdef, tx, trainer.task_loss("prm", tc), sh,
-                                   {k: bsh for k in batch}, mesh, sharding.DEFAULT_RULES)
-    _, m = step(state, sharding.shard_batch(batch, mesh, sharding.DEFAULT_RULES))
+                                   {k: bsh for k in batch}, mesh, base.RULES)
+    _, m = step(state, sharding.shard_batch(batch, mesh, base.RULES))
     losses[shape] = (float(m["loss"]), float(m["grad_norm"]))
   for shape, got in losses.items():
     np.testing.assert_allclose(got, losses[(1, 1, 1)], atol=1e-5, err_msg=str(shape))
@@ -202,21 +203,21 @@ def test_metrics_jsonl_and_tensorboard(tmp_path, tok):
 
 
 def test_gradient_accumulation_updates_every_k_steps(tok):
-  cfg = trainer.ModelConfig.from_dict(tiny_config("/tmp", "sft", 1).model)
+  cfg = ModelConfig.from_dict(tiny_config("/tmp", "sft", 1).model)
   tc = tiny_config("/tmp", "sft", 10, grad_accum=2, warmup_steps=1).train
   tx = trainer.make_optimizer(tc)
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  model = sharding.init_sharded(lambda: trainer.build_model("sft", cfg, nnx.Rngs(0)), mesh,
-                                sharding.DEFAULT_RULES)
-  graphdef, state, sh = trainer.create_train_state(model, tx, mesh, sharding.DEFAULT_RULES)
+  model = sharding.init_sharded(lambda: build_model("sft", cfg, nnx.Rngs(0)), mesh,
+                                base.RULES)
+  graphdef, state, sh = trainer.create_train_state(model, tx, mesh, base.RULES)
   b = next(iter(make_dataset(one_digit_sums(64, 7), tok, seq_len=64, global_batch=8)))
-  bsh = sharding.logical_sharding(("batch",), (8, 64), mesh, sharding.DEFAULT_RULES)
+  bsh = sharding.logical_sharding(("batch",), (8, 64), mesh, base.RULES)
   step = trainer.make_train_step(graphdef, tx, trainer.task_loss("sft", tc), sh,
-                                 {k: bsh for k in b}, mesh, sharding.DEFAULT_RULES)
+                                 {k: bsh for k in b}, mesh, base.RULES)
   embed = lambda s: np.asarray(s.params["transformer"]["embed"][...])
   e0 = embed(state)
   for k in range(1, 5):
-    state, _ = step(state, sharding.shard_batch(b, mesh, sharding.DEFAULT_RULES))
+    state, _ = step(state, sharding.shard_batch(b, mesh, base.RULES))
     if k == 1:
       np.testing.assert_array_equal(embed(state), e0)  # first micro-step: accumulate only
     if k == 4:
@@ -224,31 +225,36 @@ def test_gradient_accumulation_updates_every_k_steps(tok):
 
 
 def test_reward_model_init_from_generator_and_hf(tmp_path, tok):
-  from prm_jax.train.loop import _init_from
-  sft_dir = tmp_path / "sft"
+  from prm_jax.runs import Run
+  from prm_jax.train.loop import _load_starting_weights
+  sft_dir, rm_dir = tmp_path / "sft", tmp_path / "prm"
   train(tiny_config(sft_dir, "sft", 3), records=one_digit_sums(64, 8), tokenizer=tok)
-  cfg = trainer.ModelConfig.from_dict(tiny_config("/tmp", "prm", 1).model)
+  # one step at warmup's learning rate 0 (no weight decay): the saved PRM is exactly its start
+  train(tiny_config(rm_dir, "prm", 1, init_from=str(sft_dir)), records=one_digit_sums(64, 9))
   mesh = sharding.make_mesh((2, 2, 2))
-  rm = sharding.init_sharded(lambda: trainer.build_model("prm", cfg, nnx.Rngs(1)), mesh,
-                             sharding.DEFAULT_RULES)
-  head_before = np.asarray(rm.head_w[...])
-  _init_from(rm, str(sft_dir), cfg, mesh, sharding.DEFAULT_RULES)
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: trainer.build_model("sft", cfg, nnx.Rngs(0))),
-                                 nnx.Param)
-  lm = load_params(str(sft_dir / "params"), abstract)
-  np.testing.assert_array_equal(np.asarray(rm.transformer.embed[...]),
-                                np.asarray(lm["transformer"]["embed"][...]))
-  np.testing.assert_array_equal(np.asarray(rm.head_w[...]), head_before)  # the head stays fresh
-  assert rm.transformer.layers[0].mlp.up[...].sharding.spec == jax.sharding.PartitionSpec(
+  lm, rm = Run.open(str(sft_dir), mesh, base.RULES), Run.open(str(rm_dir), mesh, base.RULES)
+  assert rm.task == "prm" and rm.tokenizer.proto == tok.proto  # the generator's tokenizer, not a new one
+  np.testing.assert_array_equal(np.asarray(rm.model.transformer.embed[...]),
+                                np.asarray(lm.model.transformer.embed[...]))
+  fresh = build_model("prm", rm.model_config, nnx.Rngs(tiny_config(rm_dir, "prm", 1).seed))
+  np.testing.assert_allclose(np.asarray(rm.model.head_w[...]), np.asarray(fresh.head_w[...]),
+                             rtol=1e-5)  # the head starts fresh (jit vs eager init: ulps apart)
+  assert rm.model.transformer.layers[0].mlp.up[...].sharding.spec == jax.sharding.PartitionSpec(
       "fsdp", "tensor")
   hf = ROOT / "tests" / "fixtures" / "hf" / "llama_gqa_untied"
-  hf_cfg = json.loads((hf / "config.json").read_text())
   from prm_jax.model.hf_import import config_from_hf, load_hf_causal_lm
-  rm_cfg = config_from_hf(hf_cfg)
-  rm2 = trainer.build_model("orm", rm_cfg, nnx.Rngs(0))
-  _init_from(rm2, f"hf:{hf}", rm_cfg, sharding.make_mesh((8, 1, 1)), sharding.DEFAULT_RULES)
+  rm_cfg = config_from_hf(json.loads((hf / "config.json").read_text()))
+  rm2 = build_model("orm", rm_cfg, nnx.Rngs(0))
+  _load_starting_weights(rm2, f"hf:{hf}", sharding.make_mesh((8, 1, 1)), base.RULES)
   x = jnp.asarray(np.load(hf / "expected.npz")["tokens"])
   np.testing.assert_allclose(rm2.hidden(x), load_hf_causal_lm(str(hf)).transformer(x)[0], atol=1e-5)
+  # from hf: the checkpoint's shape is adopted; a tokenizer it cannot hold, or none, is refused
+  with pytest.raises(ValueError, match="model.vocab_size=97 is smaller than the tokenizer's 300"):
+    train(tiny_config(tmp_path / "hf_orm", "orm", 1, init_from=f"hf:{hf}"),
+          records=one_digit_sums(8, 1), tokenizer=tok)
+  with pytest.raises(ValueError, match="cannot read that checkpoint's tokenizer"):
+    train(tiny_config(tmp_path / "hf_orm2", "orm", 1, init_from=f"hf:{hf}"),
+          records=one_digit_sums(8, 1))
 
 
 def test_reward_model_takes_its_starting_runs_architecture(tmp_path, tok):
@@ -259,21 +265,22 @@ def test_reward_model_takes_its_starting_runs_architecture(tmp_path, tok):
   rm = tmp_path / "prm"
   train(tiny_config(rm, "prm", 1, init_from=str(base)), records=one_digit_sums(32, 4), tokenizer=tok)
   assert json.loads((rm / "config.json").read_text())["model"]["num_layers"] == 3
-  with pytest.raises(FileNotFoundError, match="not a prm_jax training run.*config.json"):
+  with pytest.raises(FileNotFoundError, match="not a prm_jax run.*config.json"):
     train(tiny_config(tmp_path / "x", "prm", 1, init_from=str(tmp_path / "empty")),
           records=one_digit_sums(32, 4), tokenizer=tok)
 
 
 def test_checkpoint_restores_onto_another_mesh_and_keeps_last_n(tmp_path, tok):
-  from prm_jax.train.checkpoints import Checkpointer, abstract_with_shardings
-  cfg = trainer.ModelConfig.from_dict(tiny_config("/tmp", "prm", 1).model)
+  from prm_jax.runs import abstract_with_shardings
+  from prm_jax.train.checkpoints import Checkpointer
+  cfg = ModelConfig.from_dict(tiny_config("/tmp", "prm", 1).model)
   tx = trainer.make_optimizer(tiny_config("/tmp", "prm", 10).train)
   states = {}
   for shape in [(8, 1, 1), (2, 2, 2)]:
     mesh = sharding.make_mesh(shape)
-    model = sharding.init_sharded(lambda: trainer.build_model("prm", cfg, nnx.Rngs(int(shape[0]))),
-                                  mesh, sharding.DEFAULT_RULES)
-    states[shape] = trainer.create_train_state(model, tx, mesh, sharding.DEFAULT_RULES)
+    model = sharding.init_sharded(lambda: build_model("prm", cfg, nnx.Rngs(int(shape[0]))),
+                                  mesh, base.RULES)
+    states[shape] = trainer.create_train_state(model, tx, mesh, base.RULES)
   ck = Checkpointer(str(tmp_path / "ck"), save_every=1, keep=2)
   for s in range(1, 5):
     ck.save(s, states[(8, 1, 1)][1], {"iterator": {"s": s}})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 
@@ -20,7 +19,7 @@ def open_records(path: str, fmt: str = "auto", skip_invalid: bool = False,
   from prm_jax.data.math import read_math
   from prm_jax.records import read_solutions
   if fmt not in FORMATS:
-    raise ValueError(f"--format {fmt!r}; expected one of {FORMATS}")
+    raise ValueError(f"data.format={fmt!r}; expected one of {FORMATS}")
   if fmt == "math":
     return read_math(path, skip_invalid, stats)
   reader = {"auto": prm800k.read_any_solutions, "prm800k": prm800k.read_prm800k,
@@ -47,9 +46,9 @@ def build_tfds(dataset: str, manual_dir: str, data_dir: str) -> None:
   from prm_jax.data.tfds_builders import MathProblems, Prm800k
   builders = {"prm800k": Prm800k, "math": MathProblems}
   if dataset not in builders:
-    raise ValueError(f"--dataset {dataset!r}; expected one of {sorted(builders)}")
+    raise ValueError(f"data.dataset={dataset!r}; expected one of {sorted(builders)}")
   if not os.path.isdir(manual_dir):
-    raise FileNotFoundError(f"--manual-dir {manual_dir} is not a directory")
+    raise FileNotFoundError(f"--input={manual_dir} is not a directory (the downloaded files)")
   b = builders[dataset](data_dir=data_dir)
   b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   for split, info in b.info.splits.items():

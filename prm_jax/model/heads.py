@@ -79,3 +79,13 @@ class RewardModel(nnx.Module):
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                segment_ids: jax.Array | None = None) -> jax.Array:
     return self.head(self.hidden(tokens, positions, segment_ids))
+
+
+TASKS = ("sft", "orm", "prm")
+
+
+def build_model(task: str, cfg: ModelConfig, rngs: nnx.Rngs) -> CausalLM | RewardModel:
+  """The generator for `sft`, a reward model with the task's head for `orm` / `prm`."""
+  if task not in TASKS:
+    raise ValueError(f"task {task!r}; expected one of {TASKS}")
+  return CausalLM(cfg, rngs=rngs) if task == "sft" else RewardModel(cfg, task, rngs=rngs)

@@ -132,15 +132,19 @@ def _layer_map(cfg: ModelConfig) -> dict[str, tuple[str, Callable[[np.ndarray], 
 
 def load_hf_causal_lm(path: str, dtype: str = "float32", *, param_dtype: str | None = None,
                       mesh: jax.sharding.Mesh | None = None,
-                      rules: sharding.Rules = sharding.DEFAULT_RULES, **overrides) -> CausalLM:
+                      rules: sharding.Rules | None = None, **overrides) -> CausalLM:
   """Reads a local HF folder into a `CausalLM` (logits for int32[B,T] tokens), sharded on `mesh`.
 
-  `dtype` is the compute dtype; weights are stored in `param_dtype` (default: `dtype`).
+  `dtype` is the compute dtype; weights are stored in `param_dtype` (default: `dtype`). `mesh` and
+  `rules` default to the base config's (`configs/base.py`).
   """
   with open(os.path.join(path, "config.json")) as f:
     hf = json.load(f)
   cfg = config_from_hf(hf, dtype=dtype, param_dtype=param_dtype or dtype, **overrides)
-  mesh = mesh or sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  if mesh is None or rules is None:
+    from prm_jax.configs import base
+    mesh = mesh or sharding.make_mesh(base.get_config().mesh)
+    rules = tuple(rules or base.RULES)
   tensors = SafetensorsFolder(path)
 
   abstract = nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0)))

@@ -1,17 +1,11 @@
-"""`train(config)`: the one training loop for `sft`, `orm` and `prm`.
-
-    workdir/
-      config.json        the resolved config
-      tokenizer.model    sentencepiece model used for the data
-      checkpoints/N/     orbax: train state + data iterator position (async, last `keep` kept)
-      params/            final parameters (what sampling, scoring and reward-model init load)
-      metrics.jsonl, tb/ one line / event per logged step
+"""`train(config)`: the one training loop for `sft`, `orm` and `prm`, writing a run directory
+(`prm_jax.runs.RunDir`: config.json, tokenizer.model, checkpoints/, params/, metrics.jsonl, summary.json).
+`train_run` is how the demo and active learning train a stage from their own config.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import dataclasses
 import os
 import signal
 import time
@@ -19,18 +13,18 @@ from typing import Any, Sequence
 
 import jax
 import ml_collections
-import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from prm_jax import sharding
+from prm_jax import distributed, sharding
+from prm_jax.configs import derive
 from prm_jax.data.pipeline import PipelineStats, make_dataset
-from prm_jax.model import ModelConfig
+from prm_jax.model import TASKS, ModelConfig, build_model
 from prm_jax.records import Solution
+from prm_jax.runs import Run, RunDir, abstract_with_shardings, is_hf, model_config_of, tokenizer_of
 from prm_jax.tokenizer import SentencePieceTokenizer, train_sentencepiece
 from prm_jax.train import trainer
-from prm_jax.train.checkpoints import (Checkpointer, abstract_with_shardings, export_params,
-                                      load_params, read_run_config)
+from prm_jax.train.checkpoints import Checkpointer
 from prm_jax.train.metrics import MetricWriter, peak_flops_per_device, train_flops_per_token
 
 
@@ -51,74 +45,100 @@ def load_records(spec: str, expand_alternatives: bool = False, data_dir: str | N
   return list(open_records(spec, "auto", expand=expand_alternatives)), None
 
 
-def tokenizer_for(config, records, decode, workdir: str):
-  """The configured tokenizer, the one saved in `workdir` on resume, or one trained on the data."""
-  saved = os.path.join(workdir, "tokenizer.model")
-  path = config.tokenizer.path or (saved if os.path.exists(saved) else "")
+def tokenizer_for(config, records, decode, run: RunDir):
+  """The tokenizer the data is encoded with, in this order: `tokenizer.path`; the one saved in the
+  workdir (a resume); the starting run's (`train.init_from`: its embedding table was trained with
+  it); else a new sentencepiece model trained on the data (by process 0, read by the others)."""
+  start = config.train.init_from
+  path = config.tokenizer.path or (run.tokenizer_path if os.path.exists(run.tokenizer_path) else "")
   if path:
-    tok = SentencePieceTokenizer.load(path)
-  else:
+    return SentencePieceTokenizer.load(path)
+  if start:
+    tok = tokenizer_of(start)
+    if tok is None:
+      raise ValueError(f"train.init_from={start}: prm_jax cannot read that checkpoint's tokenizer, "
+                       "and a new one would not match its embedding table; set "
+                       "--config.tokenizer.path to a sentencepiece model of the same vocabulary")
+    return tok
+  if distributed.is_main():
     texts = ((decode(r) if decode else r) for r in records)
-    tok = train_sentencepiece((s.problem + "\n" + s.text for s in texts),
-                              vocab_size=config.tokenizer.vocab_size,
-                              model_type=config.tokenizer.model_type)
-  return tok
+    train_sentencepiece((s.problem + "\n" + s.text for s in texts),
+                        vocab_size=config.tokenizer.vocab_size,
+                        model_type=config.tokenizer.model_type, path=run.tokenizer_path)
+  distributed.barrier("tokenizer")
+  return SentencePieceTokenizer.load(run.tokenizer_path)
 
 
-def _init_from(model, spec: str, cfg: ModelConfig, mesh, rules) -> None:
-  """Reward models start from a generator: a prm_jax SFT workdir, or `hf:PATH` weights."""
-  if spec.startswith("hf:"):
-    from prm_jax.model.hf_import import load_hf_causal_lm
-    lm = load_hf_causal_lm(spec[3:], dtype=cfg.dtype, param_dtype=cfg.param_dtype, mesh=mesh,
-                           rules=rules)
-    nnx.update(model.transformer, nnx.state(lm.transformer))
-    return
-  from prm_jax.model import CausalLM
-  _, abstract = nnx.split(nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0))), nnx.Param)
-  placed = abstract_with_shardings(abstract, sharding.state_shardings(abstract, mesh, rules))
-  lm_params = load_params(os.path.join(spec, "params"), placed)
-  if hasattr(model, "lm_head") or not hasattr(model, "head_w"):
-    nnx.update(model, lm_params)
+def _adopt_starting_architecture(config) -> ml_collections.ConfigDict:
+  """`train.init_from` fixes the architecture: its model section replaces ours (a Hugging Face
+  folder keeps our dtype / remat / scan settings, which say how to hold it, not what it is)."""
+  spec = config.train.init_from
+  if is_hf(spec):
+    m = config.model
+    cfg = model_config_of(spec, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+                          scan_layers=m.scan_layers)
   else:
-    nnx.update(model.transformer, lm_params["transformer"])
+    cfg = model_config_of(spec)
+  model = dataclasses.asdict(cfg)
+  return derive(config, {"model": ml_collections.ConfigDict(model)})
+
+
+def _load_starting_weights(model, spec: str, mesh, rules) -> None:
+  """Copies the starting run's weights in: all of them into a generator, the transformer into a
+  reward model (its head starts fresh, as in the paper)."""
+  start = Run.open(spec, mesh, rules, **({"dtype": model.cfg.dtype,
+                                          "param_dtype": model.cfg.param_dtype,
+                                          "scan_layers": model.cfg.scan_layers,
+                                          "remat": model.cfg.remat} if is_hf(spec) else {}))
+  if type(model) is type(start.model) and getattr(model, "kind", None) == getattr(
+      start.model, "kind", None):
+    nnx.update(model, nnx.state(start.model, nnx.Param))
+  else:
+    nnx.update(model.transformer, nnx.state(start.model.transformer, nnx.Param))
+
+
+def train_run(config: ml_collections.ConfigDict, workdir: str, task: str,
+              records: Sequence[Solution] | None = None, tokenizer=None, desc: str | None = None,
+              **overrides) -> dict[str, Any]:
+  """Trains `task` into `workdir` with `config`'s settings and `train.*` overrides (the caller's
+  config is not changed)."""
+  updates = {"workdir": workdir, "train.task": task}
+  updates.update({f"train.{k}": v for k, v in overrides.items()})
+  return train(derive(config, updates), records=records, tokenizer=tokenizer, desc=desc or task)
 
 
 def train(config: ml_collections.ConfigDict, records: Sequence[Solution] | None = None,
           tokenizer=None, desc: str | None = None) -> dict[str, Any]:
   """Trains (or resumes) `config.train.task` in `config.workdir`; returns a summary."""
-  tc, workdir = config.train, config.workdir
+  tc, run = config.train, RunDir(config.workdir)
   task = tc.task
-  os.makedirs(workdir, exist_ok=True)
+  if task not in TASKS:
+    raise ValueError(f"train.task={task!r}; expected one of {TASKS}")
   mesh, rules = sharding.make_mesh(config.mesh), tuple(config.rules)
   decode = None
   if records is None:
     if not tc.data:
       raise ValueError("no training data: set --config.train.data=PATH.jsonl or tfds:NAME/SPLIT")
     records, decode = load_records(tc.data, tc.expand_alternatives, config.get("data_dir"))
-  tok = tokenizer or tokenizer_for(config, records, decode, workdir)
-  if jax.process_index() == 0:  # a finished run is self-contained: sampling/scoring read it back
-    tok.save(os.path.join(workdir, "tokenizer.model"))
-  model_dict = dict(config.model.to_dict())
-  if tc.init_from and not tc.init_from.startswith("hf:"):
-    # the starting weights fix the architecture
-    model_dict = dict(read_run_config(tc.init_from, "params", hint=" (hf:PATH loads Hugging Face "
-                                      "weights)")["model"])
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.model = ml_collections.ConfigDict(model_dict)
-  if model_dict["vocab_size"] < tok.vocab_size:
-    raise ValueError(f"model vocab_size {model_dict['vocab_size']} < tokenizer's {tok.vocab_size}")
-  cfg = ModelConfig.from_dict(model_dict)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=1))
+  if len(records) == 0:
+    raise ValueError(f"training data {tc.data or '(records)'} holds no records")
+  if tc.init_from:
+    config = _adopt_starting_architecture(config)
+  os.makedirs(run.path, exist_ok=True)
+  tok = tokenizer or tokenizer_for(config, records, decode, run)
+  if distributed.is_main():  # a finished run is self-contained: sampling/scoring read it back
+    tok.save(run.tokenizer_path)
+  if config.model.vocab_size < tok.vocab_size:
+    raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
+                     f"{tok.vocab_size} pieces")
+  cfg = ModelConfig.from_dict(config.model)
+  run.write_config(config)
 
-  model = sharding.init_sharded(lambda: trainer.build_model(task, cfg, nnx.Rngs(config.seed)),
-                                mesh, rules)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), tc.save_every, tc.keep,
-                      tc.async_checkpoint)
+  model = sharding.init_sharded(lambda: build_model(task, cfg, nnx.Rngs(config.seed)), mesh, rules)
+  ckpt = Checkpointer(run.checkpoints_path, tc.save_every, tc.keep, tc.async_checkpoint)
   resuming = ckpt.latest_step() is not None
   if tc.init_from and not resuming:
-    _init_from(model, tc.init_from, cfg, mesh, rules)
+    _load_starting_weights(model, tc.init_from, mesh, rules)
   tx = trainer.make_optimizer(tc)
   graphdef, state, state_sh = trainer.create_train_state(model, tx, mesh, rules)
   del model
@@ -137,13 +157,14 @@ def train(config: ml_collections.ConfigDict, records: Sequence[Solution] | None 
                                     {k: batch_sh for k in ("tokens", "loss_mask", "step_label",
                                                            "outcome", "segment_ids", "positions")},
                                     mesh, rules)
-  writer = MetricWriter(workdir, resume_step=start)
+  writer = MetricWriter(run.path, resume_step=start)
   flops_tok = train_flops_per_token(cfg.num_params(), cfg.num_layers, cfg.dim, tc.seq_len)
   peak = peak_flops_per_device()
 
   preempted = []
   previous = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
-  bar = tqdm(total=tc.steps, initial=start, desc=desc or task, dynamic_ncols=True, disable=None)
+  bar = tqdm(total=tc.steps, initial=start, desc=desc or task, dynamic_ncols=True,
+             disable=None if distributed.is_main() else True)
   tokens_since, t_last, history = 0, time.perf_counter(), []
   step = start
   try:
@@ -153,7 +174,7 @@ def train(config: ml_collections.ConfigDict, records: Sequence[Solution] | None 
       state, metrics = step_fn(state, sharding.shard_batch(host_batch, mesh, rules))
       step += 1
       if step % tc.log_every == 0 or step == tc.steps or preempted:
-        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        m = {k: float(sharding.to_host(v)) for k, v in metrics.items()}
         if not m.pop("finite"):
           raise TrainingDiverged(
               f"{task}: non-finite loss or gradient at step {step} (loss={m['loss']}); stopped, "
@@ -173,12 +194,15 @@ def train(config: ml_collections.ConfigDict, records: Sequence[Solution] | None 
     signal.signal(signal.SIGTERM, previous)
     writer.close()
     ckpt.wait()
+  summary = {"task": task, "preempted": bool(preempted), "step": step,
+             "num_params": cfg.num_params(), **distributed.mesh_summary(mesh)}
   if preempted:
     ckpt.close()
-    return {"task": task, "preempted": True, "step": step, "history": history}
+    return dict(summary, history=history)
   if ckpt.latest_step() != step:
     ckpt.save(step, state, {"iterator": it.get_state()}, force=True)
   ckpt.close()
-  export_params(os.path.join(workdir, "params"), state.params)
-  return {"task": task, "preempted": False, "step": step, "history": history,
-          "truncated_steps": stats.truncated_steps, "num_params": cfg.num_params()}
+  run.save_params(state.params)
+  summary["truncated_steps"] = stats.truncated_steps
+  run.write_summary(summary)
+  return dict(summary, history=history)

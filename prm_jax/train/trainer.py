@@ -15,18 +15,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from prm_jax import sharding
-from prm_jax.model import CausalLM, ModelConfig, RewardModel
+from prm_jax.model import TASKS
 from prm_jax.train import losses
-
-TASKS = ("sft", "orm", "prm")
-
-
-def build_model(task: str, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
-  """The generator for `sft`, a reward model with the task's head for `orm` / `prm`."""
-  if task not in TASKS:
-    raise ValueError(f"task {task!r}; expected one of {TASKS}")
-  return CausalLM(cfg, rngs=rngs) if task == "sft" else RewardModel(cfg, task, rngs=rngs)
-
 
 def task_loss(task: str, tc: ml_collections.ConfigDict):
   """loss_fn(model, batch) -> (loss, metrics) for the task, on the pipeline's packed batch."""

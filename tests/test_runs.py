@@ -1,0 +1,136 @@
+"""Runs and the config reaching inference: `Run.open`, object-built Sampler / Scorer, `prm-jax score`
+on three meshes against one device, a run's saved settings honoured."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from prm_jax import sharding
+from prm_jax.configs import base, derive
+from prm_jax.model import CausalLM, RewardModel
+from prm_jax.records import Problem, read_solutions, write_jsonl
+from prm_jax.runs import Run, RunDir
+from prm_jax.sampling import Sampler
+from prm_jax.scoring import Scorer
+
+PRM_JAX = str(pathlib.Path(sys.executable).parent / "prm-jax")
+MESHES = [(8, 1, 1), (2, 2, 2), (1, 4, 2)]
+
+
+def prm_jax(*args, devices: int = 8, timeout: int = 600):
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.run([PRM_JAX, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def mesh_config(shape, **score):
+  c = base.get_config()
+  c.mesh.update(dict(zip(("data", "fsdp", "tensor"), shape)))
+  c.score.update(dict(seq_len=64, rows=8, **score))
+  return c
+
+
+def test_run_open_restores_each_task_onto_the_configured_mesh(runs):
+  mesh = sharding.make_mesh((2, 2, 2))
+  gen, prm = Run.open(runs["sft"], mesh, base.RULES), Run.open(runs["prm"], mesh, base.RULES)
+  assert (gen.task, type(gen.model), prm.task, type(prm.model)) == (
+      "sft", CausalLM, "prm", RewardModel)
+  assert gen.model_config.dim == 32 and gen.tokenizer.vocab_size == 300
+  assert prm.model.transformer.layers[0].mlp.up[...].sharding.spec == P("fsdp", "tensor")
+  with pytest.raises(ValueError, match="holds a 'prm' model; sampling needs 'sft'"):
+    prm.require("sampling", "sft")
+  with pytest.raises(FileNotFoundError, match="not a prm_jax run.*config.json is missing"):
+    Run.open(os.path.dirname(runs["sft"]), mesh, base.RULES)
+  with pytest.raises(FileNotFoundError, match="hf:/nope: /nope/config.json is missing"):
+    Run.open("hf:/nope", mesh, base.RULES)
+
+
+def test_sampler_and_scorer_take_objects_and_the_configs_mesh(runs):
+  """A notebook samples from the model object it holds; from_run builds the mesh of config.mesh."""
+  c = mesh_config((2, 2, 2))
+  c.sample.update(dict(batch_size=8, max_new_tokens=16, temperature=0.0))
+  run = Run.open(runs["sft"], sharding.make_mesh((8, 1, 1)), base.RULES)
+  in_memory = Sampler(run.model, run.tokenizer, c)  # resharded onto c.mesh
+  from_run = Sampler.from_run(runs["sft"], c)
+  assert dict(in_memory.mesh.shape) == dict(from_run.mesh.shape) == {"data": 2, "fsdp": 2,
+                                                                      "tensor": 2}
+  assert in_memory.batch_size == 8  # a multiple of data x fsdp = 4
+  problems = [Problem(f"p{i}", "Add.", "3") for i in range(3)]
+  a, b = in_memory.sample(problems, 2), from_run.sample(problems, 2)
+  assert [s.steps for s in a] == [s.steps for s in b] and len(a) == 6
+  scorer = Scorer.from_run(runs["prm"], c)
+  leaves = [x.sharding.spec for x in jax.tree.leaves(scorer.params)]
+  want = [s.spec for s in jax.tree.leaves(
+      sharding.state_shardings(scorer.params, scorer.mesh, base.RULES))]
+  assert leaves == want and P("fsdp", "tensor") in leaves  # parameters follow the rules table
+  with pytest.raises(ValueError, match="scoring needs an orm or prm model, got CausalLM"):
+    Scorer(run.model, run.tokenizer, c)
+  with pytest.raises(ValueError, match="sampling needs a generator"):
+    Sampler(Run.open(runs["prm"], sharding.make_mesh((8, 1, 1)), base.RULES).model,
+            run.tokenizer, c)
+
+
+def test_a_runs_neutral_is_positive_is_honoured(runs, tmp_path):
+  """The run says P(ok) = P(pos) (neutral is not ok): its scores are then P(pos), below the default
+  1 - P(neg); `score.neutral_is_positive` overrides the run."""
+  run = tmp_path / "prm_strict"
+  shutil.copytree(runs["prm"], run)
+  cfg = json.loads((run / "config.json").read_text())
+  cfg["train"]["neutral_is_positive"] = False
+  (run / "config.json").write_text(json.dumps(cfg))
+  sols = list(read_solutions(runs["solutions"]))[:40]
+  c = mesh_config((8, 1, 1))
+  lenient = Scorer.from_run(runs["prm"], c)
+  strict = Scorer.from_run(str(run), c)
+  forced = Scorer.from_run(str(run), derive(c, {"score.neutral_is_positive": True}))
+  assert (lenient.neutral_is_positive, strict.neutral_is_positive, forced.neutral_is_positive) == (
+      True, False, True)
+  lo = np.concatenate([s.scores["prm_steps"] for s in strict.score(sols)])
+  hi = np.concatenate([s.scores["prm_steps"] for s in lenient.score(sols)])
+  again = np.concatenate([s.scores["prm_steps"] for s in forced.score(sols)])
+  assert (lo <= hi + 1e-6).all() and (hi - lo).max() > 1e-3  # P(pos) <= P(pos) + P(neutral)
+  np.testing.assert_array_equal(again, hi)
+
+
+def test_score_on_three_meshes_equals_one_device(runs, tmp_path):
+  """`prm-jax score` on 8 devices as (8,1,1), (2,2,2), (1,4,2) gives the 1-device scores within
+  1e-5; each run prints its mesh and writes it into the output summary."""
+  src = tmp_path / "in.jsonl"
+  write_jsonl(str(src), list(read_solutions(runs["solutions"]))[:200])
+  common = ["score", f"--checkpoint={runs['prm']}", f"--input={src}", "--config.score.seq_len=64",
+            "--config.score.rows=8", "--config.score.chunk=64"]
+  p = prm_jax(*common, f"--output={tmp_path / 'one.jsonl'}", devices=1)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert "mesh (data=1, fsdp=1, tensor=1) over 1 cpu device(s)" in p.stdout
+  want = list(read_solutions(str(tmp_path / "one.jsonl")))
+  for shape in MESHES:
+    out = tmp_path / f"{'x'.join(map(str, shape))}.jsonl"
+    d, f, t = shape
+    p = prm_jax(*common, f"--output={out}", f"--config.mesh.data={d}", f"--config.mesh.fsdp={f}",
+                f"--config.mesh.tensor={t}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"mesh (data={d}, fsdp={f}, tensor={t}) over 8 cpu device(s)" in p.stdout
+    summary = json.loads(pathlib.Path(str(out) + ".summary.json").read_text())
+    assert summary["mesh"] == {"data": d, "fsdp": f, "tensor": t} and summary["devices"] == 8
+    got = list(read_solutions(str(out)))
+    assert [s.problem_id for s in got] == [s.problem_id for s in want]
+    for g, w in zip(got, want):
+      for k in ("prm", "prm_min", "prm_last"):
+        assert abs(g.scores[k] - w.scores[k]) <= 1e-5, (shape, k)
+      np.testing.assert_allclose(g.scores["prm_steps"], w.scores["prm_steps"], atol=1e-5)
+
+
+def test_run_dir_layout_is_what_train_wrote(runs):
+  run = RunDir(runs["prm"])
+  assert run.finished() and os.path.isdir(run.checkpoints_path)
+  summary = json.loads(open(run.summary_path).read())
+  assert summary["task"] == "prm" and summary["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
+  assert run.read_config("params", "tokenizer")["train"]["task"] == "prm"
