@@ -1,7 +1,7 @@
 """Base config: model size, mesh, the logical-axis rules, and every command's settings.
 
 Usage: `--config=configs/base.py:small --config.mesh.fsdp=4 --config.train.steps=1000`.
-Sections: model, mesh, rules, tokenizer, train, sample, score, eval, data, active (each command's
+Sections: model, mesh, rules, tokenizer, format, train, sample, score, eval, data, active (each command's
 `--help` lists the ones it reads).
 """
 
@@ -35,7 +35,18 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.rules = RULES
 
+  # path: a sentencepiece .model, a Hugging Face folder / tokenizer.json, or a run ("" trains a
+  # sentencepiece model on the data; train.init_from brings its own)
   c.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=8000, model_type="bpe"))
+  # The step format (prm_jax/step_format.py): how (problem, steps) become tokens and where each
+  # step is scored. A run records it; sampling and scoring a run read it back.
+  c.format = ml_collections.ConfigDict(dict(
+      preset="newline",            # newline | double_newline | tag
+      tag="",                      # tag: <extra_0> (Qwen2.5-Math-PRM), ки (Math-Shepherd)
+      before_tag="", after_tag="\n",
+      chat_template=False,         # wrap in the tokenizer's chat template (problem = user turn)
+      system_prompt="",
+      bos="auto"))                 # auto (the tokenizer's convention) | always | never
 
   c.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data dir for tfds: sources
   c.train = ml_collections.ConfigDict(dict(
@@ -55,21 +66,34 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
       batch_size=64,               # rows per generated batch (rounded to the mesh's batch split)
       max_new_tokens=256, temperature=1.0, top_k=0, top_p=1.0,
       buckets=(64, 128, 256, 512, 1024),  # padded prompt lengths (one compiled program each)
-      grading_mode="prm800k"))     # prm800k | math_verify
+      grading_mode="prm800k",      # prm800k | math_verify
+      stop_at_answer=True,         # stop after the line that follows "# Answer" (PRM800K)
+      stop=()))                    # extra stop strings, e.g. ("\n\n\n",); EOS always stops
   c.score = ml_collections.ConfigDict(dict(
       seq_len=1024, rows=16,       # packed rows per batch, each seq_len tokens
       chunk=512,                   # solutions packed together (and flushed) at a time
+      pack=True,                   # several solutions per row (False: one per row)
       # P(ok) counts a neutral step as ok; None: what the scored run was trained with
-      neutral_is_positive=ml_collections.config_dict.placeholder(bool)))
+      neutral_is_positive=ml_collections.config_dict.placeholder(bool),
+      # hf:PATH reward models: "" reads the convention from config.json's architectures
+      # (token_classification | qwen_prm | sequence_classification); "lm" scores a causal LM as a
+      # PRM by its good_token vs bad_token logits at each step tag (Math-Shepherd, RLHFlow)
+      convention="", good_token="+", bad_token="-"))
   c.eval = ml_collections.ConfigDict(dict(
       n="1,2,4,8,16",              # bon-eval: the N values (comma-separated)
       trials=400,                  # bon-eval: random subsets per N
-      dev_fraction=0.5))           # process-eval: share of problems that picks the threshold
+      pool_size=0,                 # bon-eval: pad pools to this size (eval.py: 1860); 0: largest
+      dev_fraction=0.5,            # process-eval: share of problems that picks the threshold
+      # process-eval: a fixed P(ok) threshold for the earliest error (ProcessBench's PRM
+      # evaluation uses 0.5) instead of one chosen on the dev split
+      threshold=ml_collections.config_dict.placeholder(float)))
   c.data = ml_collections.ConfigDict(dict(
-      format="auto",               # auto | prm800k | scored-samples | solution | math
+      format="auto",  # auto | prm800k | scored-samples | solution | math | processbench | prmbench
       skip_invalid=False,          # skip malformed input lines (counted) instead of stopping
       expand_alternatives=False,   # convert: each rated PRM800K alternative as its own record
       dataset="prm800k"))          # build-tfds: prm800k | math
+  c.export = ml_collections.ConfigDict(dict(
+      max_shard_mb=4768.0))        # safetensors shards past this size (about 5 GB, as HF saves)
   c.active = ml_collections.ConfigDict(dict(
       generations=2,               # generation 0 selects uniformly (there is no PRM yet)
       problems_per_generation=200,  # a fresh slice of the pool problems each generation

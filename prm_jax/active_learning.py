@@ -17,6 +17,7 @@ A uniform-selection control with the same label budget shows what the selection 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import json
 import os
 import time
@@ -29,8 +30,13 @@ from prm_jax.records import Problem, Solution, write_json, write_text
 
 def select_convincing_wrong_answers(scored: Iterable[Solution], k: int, frac_wrong: float = 0.8,
                                     score_key: str = "prm") -> list[Solution]:
-  """Up to `k` solutions per problem: the top-scored wrong-answer ones (`round(k * frac_wrong)`,
-  fewer if there are not enough), filled with the top-scored others. Identical solutions count once.
+  """Up to `k` solutions per problem: mostly the top-scored wrong-answer ones, filled with the
+  top-scored others. Identical solutions count once.
+
+  The wrong-answer quota, `round(frac_wrong * selected)`, is a share of the whole selection, not
+  of each problem: rounding per problem gives round(2 * 0.8) = 2 of 2 (100%) at k = 2. It is
+  dealt one at a time to the problem with the fewest so far (ties: the most convincing next wrong
+  answer), so it spreads evenly and moves to problems that have wrong answers to give.
   """
   if not 0.0 <= frac_wrong <= 1.0:
     raise ValueError(f"frac_wrong={frac_wrong} must be in [0, 1]")
@@ -39,15 +45,35 @@ def select_convincing_wrong_answers(scored: Iterable[Solution], k: int, frac_wro
     if not s.scores or s.scores.get(score_key) is None:
       raise ValueError(f"solution {i} of problem {s.problem_id} has no scores.{score_key}")
     by_problem.setdefault(s.problem_id, []).append((i, s))
-  chosen: list[tuple[int, Solution]] = []
+  ranked, wrong = [], []
   for items in by_problem.values():
     unique = _unique(sorted(items, key=lambda x: (-x[1].scores[score_key], x[0])))
-    wrong = [x for x in unique if x[1].is_correct is False and x[1].answer is not None]
-    take = wrong[:round(k * frac_wrong)]
+    ranked.append(unique)
+    wrong.append([x for x in unique if x[1].is_correct is False and x[1].answer is not None])
+  slots = [min(k, len(u)) for u in ranked]
+  quota = _wrong_quota(slots, wrong, round(frac_wrong * sum(slots)), score_key)
+  chosen: list[tuple[int, Solution]] = []
+  for unique, w, n_wrong, n in zip(ranked, wrong, quota, slots):
+    take = w[:n_wrong]
     picked = {i for i, _ in take}
-    take += [x for x in unique if x[0] not in picked][:k - len(take)]
+    take += [x for x in unique if x[0] not in picked][:n - len(take)]
     chosen.extend(take)
   return [s for _, s in sorted(chosen, key=lambda x: x[0])]
+
+
+def _wrong_quota(slots: list[int], wrong: list[list], total: int, score_key: str) -> list[int]:
+  """Wrong answers to take per problem: `total` dealt one at a time, fewest-so-far first."""
+  quota = [0] * len(slots)
+  can = [min(n, len(w)) for n, w in zip(slots, wrong)]
+  heap = [(0, -w[0][1].scores[score_key], p) for p, w in enumerate(wrong) if can[p] > 0]
+  heapq.heapify(heap)
+  while total > 0 and heap:
+    _, _, p = heapq.heappop(heap)
+    quota[p] += 1
+    total -= 1
+    if quota[p] < can[p]:
+      heapq.heappush(heap, (quota[p], -wrong[p][quota[p]][1].scores[score_key], p))
+  return quota
 
 
 def select_uniform(pool: Iterable[Solution], k: int, seed: int) -> list[Solution]:

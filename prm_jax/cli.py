@@ -41,7 +41,8 @@ MULTI_HOST = (
     Flag("coordinator", "multi-process launch: HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)",
          required=False),
     Flag("num-processes", "multi-process launch: how many (or JAX_NUM_PROCESSES)", required=False),
-    Flag("process-id", "multi-process launch: this one's index (or JAX_PROCESS_ID)", required=False))
+    Flag("process-id", "multi-process launch: this one's index (or JAX_PROCESS_ID)",
+         required=False))
 
 
 def command(name: str, help: str, flags: tuple[Flag, ...] = (), sections: tuple[str, ...] = (),
@@ -81,6 +82,16 @@ def _train(config, args) -> None:
   distributed.log(f"{s['task']}: stopped at step {s['step']}{where}")
 
 
+def _summarise(name: str, args, result: dict) -> dict:
+  """OUTPUT.summary.json beside a sample / score output (process 0): what ran, on which mesh."""
+  from prm_jax import distributed
+  from prm_jax.records import write_json
+  summary = dict(result, command=name, checkpoint=args.checkpoint, input=args.input)
+  if distributed.is_main():
+    write_json(args.output + ".summary.json", summary)
+  return summary
+
+
 @command("sample", "N graded solutions per problem from a generator",
          flags=(_checkpoint("the generator"),
                 Flag("input", "problems: Problem or MATH JSONL"),
@@ -88,7 +99,7 @@ def _train(config, args) -> None:
          sections=("sample", "seed", "mesh", "data.skip_invalid"))
 def _sample(config, args) -> None:
   from prm_jax import distributed
-  from prm_jax.records import read_problems, write_json
+  from prm_jax.records import read_problems
   from prm_jax.sampling import Sampler, sample_to_file
   n = _at_least(config, "sample.n", 1)
   _at_least(config, "sample.batch_size", 1)
@@ -97,10 +108,7 @@ def _sample(config, args) -> None:
   sampler = Sampler.from_run(args.checkpoint, config)
   distributed.log(f"sampling {n} per problem for {len(problems)} problems on "
                   f"{distributed.describe_mesh(sampler.mesh)}")
-  r = sample_to_file(sampler, problems, args.output, n, config.seed)
-  if distributed.is_main():
-    write_json(args.output + ".summary.json", dict(r, command="sample", checkpoint=args.checkpoint,
-                                                   input=args.input))
+  r = _summarise("sample", args, sample_to_file(sampler, problems, args.output, n, config.seed))
   distributed.log(f"sampled {r['written']} solutions for {r['problems']} problems "
                   f"({r['resumed_from']} already in {args.output})")
 
@@ -113,7 +121,7 @@ def _sample(config, args) -> None:
 def _score(config, args) -> None:
   from prm_jax import distributed
   from prm_jax.data.commands import open_records
-  from prm_jax.records import ReadStats, write_json
+  from prm_jax.records import ReadStats
   from prm_jax.scoring import Scorer, score_to_file
   for field in ("score.seq_len", "score.rows", "score.chunk"):
     _at_least(config, field, 1)
@@ -124,10 +132,7 @@ def _score(config, args) -> None:
   stats = ReadStats()
   r = score_to_file(scorer, open_records(args.input, config.data.format,
                                          config.data.skip_invalid, stats), args.output)
-  r["skipped_invalid"] = stats.skipped
-  if distributed.is_main():
-    write_json(args.output + ".summary.json", dict(r, command="score", checkpoint=args.checkpoint,
-                                                   input=args.input))
+  r = _summarise("score", args, dict(r, skipped_invalid=stats.skipped))
   distributed.log(f"scored {r['written']} solutions into {args.output} ({r['resumed_from']} "
                   f"already there, {r['skipped_invalid']} invalid skipped)")
 
@@ -135,30 +140,37 @@ def _score(config, args) -> None:
 @command("bon-eval", "best-of-N solve rates (PRM, ORM, majority, weighted vote) + plot",
          flags=(Flag("input", "scored Solution JSONL (or the paper's scored samples)"),
                 Flag("output", "folder for bon.json, bon.md, bon.png")),
-         sections=("eval.n", "eval.trials", "seed", "data.skip_invalid"))
+         sections=("eval.n", "eval.trials", "eval.pool_size", "seed", "data.skip_invalid"))
 def _bon_eval(config, args) -> None:
   from prm_jax import evaluation
   from prm_jax.data.prm800k import read_any_solutions
   ns = _int_list(config, "eval.n")
   trials = _at_least(config, "eval.trials", 1)
+  pool_size = _at_least(config, "eval.pool_size", 0)
   sols = list(read_any_solutions(args.input, config.data.skip_invalid))
-  r = evaluation.run_bon_eval(sols, ns, trials, config.seed, args.output)
+  r = evaluation.run_bon_eval(sols, ns, trials, config.seed, args.output, pool_size=pool_size)
   print(evaluation.markdown_table(r))
   print(f"wrote {args.output}")
 
 
 @command("process-eval", "step-level metrics: earliest-error F1, AUROC, calibration",
-         flags=(Flag("input", "scored Solution JSONL with step labels"),
+         flags=(Flag("input", "scored records with step labels (our JSONL; a ProcessBench file "
+                             "read as-is has no scores: score it first)"),
                 Flag("output", "folder for process.json, process.md, calibration.png")),
-         sections=("eval.dev_fraction", "data.skip_invalid"))
+         sections=("eval.dev_fraction", "eval.threshold", "data.format", "data.skip_invalid"))
 def _process_eval(config, args) -> None:
   from prm_jax import evaluation
-  from prm_jax.data.prm800k import read_any_solutions
-  frac = config.eval.dev_fraction
+  from prm_jax.data.commands import open_records
+  frac, threshold = config.eval.dev_fraction, config.eval.threshold
   if not 0.0 < frac < 1.0:
     raise ValueError(f"config.eval.dev_fraction={frac} must be in (0, 1)")
-  sols = list(read_any_solutions(args.input, config.data.skip_invalid))
-  r = evaluation.run_process_eval(sols, args.output, frac)
+  if threshold is not None and not 0.0 <= threshold <= 1.0:
+    raise ValueError(f"config.eval.threshold={threshold} must be in [0, 1]")
+  sols = list(open_records(args.input, config.data.format, config.data.skip_invalid))
+  r = evaluation.run_process_eval(sols, args.output, frac, threshold)
+  bench = r["processbench"]
+  if bench["subsets"]:
+    print(evaluation.processbench_table(bench))
   print(f"earliest-error F1 {100 * r['test']['f1']:.1f} (threshold {r['threshold']:.2f}), "
         f"step AUROC {r['step_auroc']:.3f}, ECE {r['calibration']['ece']:.3f}")
   print(f"wrote {args.output}")
@@ -176,12 +188,28 @@ def _active_learn(config, args) -> None:
   from prm_jax.active_learning import ActiveLearning, markdown_table
   from prm_jax.records import read_problems
   skip = config.data.skip_invalid
-  distributed.log(f"active learning on {distributed.describe_mesh(sharding.make_mesh(config.mesh))}")
+  mesh = sharding.make_mesh(config.mesh)
+  distributed.log(f"active learning on {distributed.describe_mesh(mesh)}")
   summary = ActiveLearning(config, args.checkpoint, list(read_problems(args.input, skip)),
                            list(read_problems(args.eval_input, skip)), args.output,
                            log=distributed.log).run()
   distributed.log(markdown_table(summary))
   distributed.log(f"wrote {args.output}/active_learning.json, .md, .png")
+
+
+@command("export", "a run as a Hugging Face folder (transformers / vLLM) with its step format",
+         flags=(_checkpoint("the run to export"),
+                Flag("output", "the folder to write (config.json, safetensors, tokenizer, "
+                               "prm_jax.json)")),
+         sections=("export", "mesh", "model.dtype", "model.param_dtype"))
+def _export(config, args) -> None:
+  from prm_jax import distributed
+  from prm_jax.model.hf_export import export_run
+  if not config.export.max_shard_mb > 0:
+    raise ValueError(f"config.export.max_shard_mb={config.export.max_shard_mb} must be > 0")
+  r = export_run(args.checkpoint, args.output, config)
+  distributed.log(f"exported {r['architecture']}: {len(r['files'])} safetensors file(s), "
+                  f"{r['bytes'] / 2**20:.1f} MiB, into {r['output']}")
 
 
 @command("describe", "print the mesh, parameter count and every parameter's sharding",
@@ -323,6 +351,7 @@ def parse(cmd: Command, argv: list[str]):
                                     lock_config=True, sys_argv=["prm-jax"] + argv)
     positional = fv(["prm-jax"] + argv)[1:]
     config = fv.config
+    config.keys()  # a config file that failed to load raises here, not in the handler
   except flags.UnrecognizedFlagError as e:
     name = e.flagname
     known = [f.name for f in cmd.flags + MULTI_HOST]
@@ -341,11 +370,14 @@ def parse(cmd: Command, argv: list[str]):
   except (AttributeError, KeyError) as e:
     raise UsageError(_unknown_field(cmd, argv) or f"bad config override: {e}") from None
   except OSError as e:  # the --config file
-    raise UsageError(" ".join(str(e).split())) from None
+    text = " ".join(str(e).split())
+    raise UsageError("--config: " + (text[text.index("[Errno"):] if "[Errno" in text else text)
+                     ) from None
   if positional:
     raise UsageError(f"unexpected argument {positional[0]!r} (flags are --name=value)")
-  args = dataclasses.make_dataclass("Args", [f.name.replace("-", "_") for f in cmd.flags + MULTI_HOST])(
-      *[fv[f.name].value for f in cmd.flags + MULTI_HOST])
+  every = cmd.flags + MULTI_HOST
+  args = dataclasses.make_dataclass("Args", [f.name.replace("-", "_") for f in every])(
+      *[fv[f.name].value for f in every])
   missing = [f"--{f.name}" for f in cmd.flags if f.required and not fv[f.name].value]
   if missing:
     raise UsageError("missing " + ", ".join(missing))

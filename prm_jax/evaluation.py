@@ -32,21 +32,34 @@ class ProblemPool:
 
 
 def group_answers(answers: Sequence[str | None], mode: str = "prm800k") -> np.ndarray:
-  """Equivalence-class id per answer, classes numbered by first appearance (None -> -1)."""
-  reps: list[str] = []
-  norm_to_group: dict[str, int] = {}
+  """Equivalence-class id per answer, classes numbered by first appearance (None -> -1).
+
+  An 1860-sample pool has hundreds of distinct answers, so each distinct string is normalised once,
+  equal normal forms share a class by hashing, and the symbolic check runs only between normal
+  forms whose numeric fingerprints agree (see `grading.forms_may_be_equal`).
+  """
+  reps: list[grading.AnswerForm] = []
+  by_key: dict[tuple[str, str], int] = {}
+  by_raw: dict[str, int] = {}
   out = np.full(len(answers), -1, np.int64)
   for i, a in enumerate(answers):
     if a is None or not str(a).strip():
       continue
-    key = grading.normalize(str(a)) or str(a)
-    if key not in norm_to_group:
-      g = next((k for k, r in enumerate(reps) if grading.grade_answer(a, r, mode)), None)
+    a = str(a)
+    if a not in by_raw:
+      form = grading.answer_form(a)
+      keys = [k for k in (("mathd", form.mathd), ("norm", form.norm)) if k[1]]
+      g = next((by_key[k] for k in keys if k in by_key), None)
+      if g is None:
+        g = next((k for k, r in enumerate(reps) if grading.forms_may_be_equal(form, r, mode)
+                  and grading.grade_answer(a, r.raw, mode)), None)
       if g is None:
         g = len(reps)
-        reps.append(str(a))
-      norm_to_group[key] = g
-    out[i] = norm_to_group[key]
+        reps.append(form)
+      for k in keys:
+        by_key.setdefault(k, g)
+      by_raw[a] = g
+    out[i] = by_raw[a]
   return out
 
 
@@ -64,7 +77,7 @@ def build_pools(solutions: Iterable[Solution], mode: str = "prm800k") -> list[Pr
         c = grading.grade_answer(s.answer, s.ground_truth_answer, mode)
       correct.append(bool(c))
     scores = {}
-    for m in ("prm", "orm"):
+    for m in ("prm", "orm", "prm_log"):
       vals = [(s.scores or {}).get(m) for s in sols]
       if all(v is not None for v in vals):
         scores[m] = np.asarray(vals, np.float64)
@@ -73,8 +86,12 @@ def build_pools(solutions: Iterable[Solution], mode: str = "prm800k") -> list[Pr
   return pools
 
 
-def _vote(groups, weights, correct_of_group):
-  """Per trial, whether the top-voted group is correct. groups/weights: [T, N] (-1 group: none)."""
+def _vote(groups, weights, correct_of_group, rng):
+  """Per trial, whether the top-voted group is correct. groups/weights: [T, N] (-1 group: none).
+
+  A tie is broken uniformly at random among the tied groups: a rule such as "lowest group id"
+  would consult the order of the whole pool, which the drawn subset must not see.
+  """
   t = groups.shape[0]
   g = int(groups.max()) + 1 if groups.size else 0
   if g == 0:
@@ -83,8 +100,21 @@ def _vote(groups, weights, correct_of_group):
   rows = np.repeat(np.arange(t), groups.shape[1])
   ok = groups.reshape(-1) >= 0
   np.add.at(tally, (rows[ok], groups.reshape(-1)[ok]), weights.reshape(-1)[ok])
-  winner = tally.argmax(axis=1)
-  return (tally.max(axis=1) > 0) & correct_of_group[winner]
+  top = tally.max(axis=1, keepdims=True)
+  tied = (tally > 0) & np.isclose(tally, top, rtol=1e-12, atol=0.0)
+  winner = np.where(tied, rng.random(tally.shape), -1.0).argmax(axis=1)
+  return (top[:, 0] > 0) & correct_of_group[winner]
+
+
+def rank_key(pool: "ProblemPool", method: str) -> np.ndarray:
+  """The scores a method ranks one problem's samples by: the PRM's log score when present.
+
+  A product of many step probabilities underflows to 0.0 and ties; its log does not. A step with
+  P(ok) = 0 gives -inf, ranked below every finite score.
+  """
+  if method == "prm" and "prm_log" in pool.scores:
+    return pool.scores["prm_log"]
+  return pool.scores[method]
 
 
 def best_of_n(pools: Sequence[ProblemPool], ns: Sequence[int], trials: int = 400, seed: int = 0,
@@ -112,19 +142,23 @@ def best_of_n(pools: Sequence[ProblemPool], ns: Sequence[int], trials: int = 400
     pad = lambda a, fill: np.concatenate([a, np.full(full - m_p, fill, a.dtype)])
     valid, correct, group = pad(p.valid, False), pad(p.correct, False), pad(p.group, -1)
     scores = {k: pad(v, -np.inf) for k, v in p.scores.items()}
+    # valid samples rank above padding and no-answer ones even at -inf (P(ok) = 0 somewhere)
+    lowest = np.finfo(np.float64).min
+    ranked = {m: pad(np.maximum(rank_key(p, m), lowest), -np.inf) for m in ("prm", "orm")
+              if m in p.scores}
     for i, n in enumerate(ns):
       idx = order[:, :n]
       v = valid[idx]
       for m in present:
         if m in ("prm", "orm"):
-          s = np.where(v, scores[m][idx], -np.inf)
+          s = np.where(v, ranked[m][idx], -np.inf)
           pick = s.argmax(axis=1)
           solved[m][i] += v.any(axis=1) & correct[np.take_along_axis(idx, pick[:, None], 1)[:, 0]]
         elif m == "majority":
-          solved[m][i] += _vote(np.where(v, group[idx], -1), v.astype(float), correct_of_group)
+          solved[m][i] += _vote(np.where(v, group[idx], -1), v.astype(float), correct_of_group, rng)
         else:
           w = np.where(v, scores["prm"][idx], 0.0)
-          solved[m][i] += _vote(np.where(v, group[idx], -1), w, correct_of_group)
+          solved[m][i] += _vote(np.where(v, group[idx], -1), w, correct_of_group, rng)
   rates = {m: solved[m] / len(pools) for m in present}
   return {"n": [int(n) for n in ns], "num_problems": len(pools), "pool_size": int(full),
           "trials": trials, "methods": {m: {"mean": rates[m].mean(1).tolist(),
@@ -140,7 +174,7 @@ def within_problem_auroc(pools: Sequence[ProblemPool], method: str) -> dict:
   also earns by telling easy problems from hard ones) is the number that predicts its gain. Mean over
   the problems that have both right and wrong samples; None when there are none.
   """
-  per = [auroc(p.scores[method], p.correct) for p in pools
+  per = [auroc(rank_key(p, method), p.correct) for p in pools
          if method in p.scores and 0 < p.correct.sum() < len(p.correct)]
   return {"mean": float(np.mean(per)) if per else None, "problems": len(per)}
 
@@ -187,12 +221,16 @@ def plot_best_of_n(result: dict, path: str, title: str = "Best-of-N") -> None:
 
 
 def run_bon_eval(solutions: Iterable[Solution], ns: Sequence[int], trials: int, seed: int, out_dir: str,
-                 mode: str = "prm800k") -> dict:
-  """`prm-jax bon-eval`: writes bon.json, bon.md and bon.png to `out_dir`."""
+                 mode: str = "prm800k", pool_size: int = 0) -> dict:
+  """`prm-jax bon-eval`: writes bon.json, bon.md and bon.png to `out_dir`.
+
+  `pool_size` pads every problem's pool with discarded entries (eval.py uses 1860), so N samples
+  are drawn from the same-sized pool everywhere; 0 means the largest pool.
+  """
   pools = build_pools(solutions, mode)
   if not pools:
     raise ValueError("no solutions to evaluate")
-  result = best_of_n(pools, ns, trials, seed)
+  result = best_of_n(pools, ns, trials, seed, pool_size=pool_size or None)
   os.makedirs(out_dir, exist_ok=True)
   write_json(os.path.join(out_dir, "bon.json"), result)
   md = (f"Best-of-N solve rate (%), mean ± std over {trials} trials, "
@@ -218,15 +256,23 @@ def predicted_error(step_probs: Sequence[float], threshold: float) -> int:
   return next((i for i, p in enumerate(step_probs) if p < threshold), -1)
 
 
-def processbench_f1(gold: Sequence[int], pred: Sequence[int]) -> dict[str, float]:
-  """Harmonic mean of accuracy on erroneous solutions (exact error step) and on correct ones."""
+def processbench_f1(gold: Sequence[int], pred: Sequence[int]) -> dict:
+  """Harmonic mean of accuracy on erroneous solutions (exact error step) and on correct ones.
+
+  Undefined (NaN, with a `reason`) when either class is missing: 0.0 would read as a measured
+  failure.
+  """
   gold, pred = np.asarray(gold), np.asarray(pred)
   err, ok = gold >= 0, gold < 0
   acc_err = float((pred[err] == gold[err]).mean()) if err.any() else float("nan")
   acc_ok = float((pred[ok] == -1).mean()) if ok.any() else float("nan")
+  out = {"acc_erroneous": acc_err, "acc_correct": acc_ok, "n_erroneous": int(err.sum()),
+         "n_correct": int(ok.sum())}
+  missing = [name for name, n in (("erroneous", err.sum()), ("correct", ok.sum())) if n == 0]
+  if missing:
+    return {"f1": float("nan"), **out, "reason": f"no {' or '.join(missing)} solutions"}
   f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if (acc_err + acc_ok) > 0 else 0.0
-  return {"f1": f1, "acc_erroneous": acc_err, "acc_correct": acc_ok,
-          "n_erroneous": int(err.sum()), "n_correct": int(ok.sum())}
+  return {"f1": f1, **out}
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -258,27 +304,80 @@ def _is_dev(problem_id: str, dev_fraction: float) -> bool:
   return (zlib.crc32(problem_id.encode()) % 10_000) < dev_fraction * 10_000
 
 
+def prmbench_scores(solutions: Sequence[Solution], threshold: float = 0.5) -> dict:
+  """PRMBench's headline metric per classification: every step predicted valid when P(ok) >=
+  `threshold`; F1 over valid steps, negative F1 over error steps, PRMScore = their mean. "overall"
+  pools every classification but `correct` (the benchmark's own totals)."""
+  counts: dict[str, np.ndarray] = {}
+  for s in solutions:
+    kind = str(s.meta.get("classification", "all"))
+    c = counts.setdefault(kind, np.zeros(4, np.int64))  # TP, FP, TN, FN
+    for p, label in zip(s.scores["prm_steps"], s.step_labels):
+      if label is None:
+        continue
+      valid = p >= threshold
+      c += [valid and label != -1, valid and label == -1, not valid and label == -1,
+            not valid and label != -1]
+  ratio = lambda a, b: a / b if b else float("nan")
+
+  def scores(c):
+    tp, fp, tn, fn = (int(x) for x in c)
+    f1 = ratio(2 * tp, 2 * tp + fp + fn)
+    neg = ratio(2 * tn, 2 * tn + fn + fp)
+    return {"f1": f1, "negative_f1": neg, "prmscore": (f1 + neg) / 2, "steps": tp + fp + tn + fn}
+  out = {k: scores(c) for k, c in sorted(counts.items())}
+  rest = [c for k, c in counts.items() if k != "correct"]
+  out["overall"] = scores(np.sum(rest, axis=0) if rest else np.zeros(4, np.int64))
+  return out
+
+
 def process_eval(solutions: Iterable[Solution], dev_fraction: float = 0.5,
-                 neutral_is_positive: bool = True) -> dict:
+                 neutral_is_positive: bool = True, threshold: float | None = None) -> dict:
   """Step-level evaluation of `scores.prm_steps` against gold `step_labels`.
 
-  The earliest-error threshold is chosen on a dev split of the problems (by id) and reported on the
-  rest; AUROC and calibration use every labelled step up to the first error.
+  The earliest-error threshold is `threshold` when given (every solution is then reported), else
+  chosen on a dev split of the problems (by id) and reported on the rest. `processbench` holds the
+  benchmark's own table over the reported solutions: per subset (`meta.subset`; "all" without one)
+  accuracy on erroneous and on correct items, their harmonic mean F1, and the average F1. AUROC and
+  calibration use every labelled step up to the first error.
   """
   rows = [s for s in solutions if s.step_labels is not None and s.scores
           and s.scores.get("prm_steps") is not None and len(s.steps) > 0]
   if not rows:
     raise ValueError("no solutions with both step_labels and scores.prm_steps")
-  dev = [s for s in rows if _is_dev(s.problem_id, dev_fraction)]
-  test = [s for s in rows if not _is_dev(s.problem_id, dev_fraction)] or dev
-  dev = dev or test
   gold = lambda ss: [earliest_error(s.step_labels) for s in ss]
-  thresholds = np.linspace(0.0, 1.0, 101)
-  dev_f1 = [processbench_f1(gold(dev), [predicted_error(s.scores["prm_steps"], t) for s in dev])["f1"]
-            for t in thresholds]
-  best = float(thresholds[int(np.argmax(dev_f1))])
-  test_metrics = processbench_f1(gold(test), [predicted_error(s.scores["prm_steps"], best)
-                                              for s in test])
+  pred = lambda ss, t: [predicted_error(s.scores["prm_steps"], t) for s in ss]
+  if threshold is not None:
+    if not 0.0 <= threshold <= 1.0:
+      raise ValueError(f"threshold={threshold} must be in [0, 1]")
+    dev, test, best, dev_f1 = [], rows, float(threshold), np.asarray([np.nan])
+  else:
+    dev = [s for s in rows if _is_dev(s.problem_id, dev_fraction)]
+    test = [s for s in rows if not _is_dev(s.problem_id, dev_fraction)]
+    thresholds = np.linspace(0.0, 1.0, 101)
+    pick = dev or test  # with no dev split the threshold is fit on test, so test is not reported
+    dev_f1 = np.asarray([processbench_f1(gold(pick), pred(pick, t))["f1"] for t in thresholds])
+    best = float(thresholds[int(np.nanargmax(dev_f1))]) if np.isfinite(dev_f1).any() else 0.5
+  if not test or (threshold is None and not dev):
+    empty = "test" if not test else "dev"
+    test_metrics = {"f1": float("nan"), "acc_erroneous": float("nan"),
+                    "acc_correct": float("nan"), "n_erroneous": 0, "n_correct": 0,
+                    "reason": f"the {empty} split is empty (dev_fraction={dev_fraction}, "
+                              f"{len(rows)} solutions): no held-out F1"}
+    reported = []
+  else:
+    test_metrics = processbench_f1(gold(test), pred(test, best))
+    reported = test
+  subsets: dict[str, list[Solution]] = {}
+  for s in reported:
+    subsets.setdefault(str(s.meta.get("subset") or "all"), []).append(s)
+  table = {k: processbench_f1(gold(v), pred(v, best)) for k, v in sorted(subsets.items())}
+  f1s = [v["f1"] for v in table.values()]
+  bench = {"subsets": table, "average_f1": float(np.mean(f1s)) if f1s and np.all(
+      np.isfinite(f1s)) else float("nan")}
+  from_prmbench = [s for s in rows if s.meta.get("source") == "prmbench"]
+  prmbench = prmbench_scores(from_prmbench, 0.5 if threshold is None else threshold) if (
+      from_prmbench) else None
   probs, ok = [], []
   for s in rows:
     for p, l in zip(s.scores["prm_steps"], s.step_labels):
@@ -289,7 +388,10 @@ def process_eval(solutions: Iterable[Solution], dev_fraction: float = 0.5,
       if l == -1:
         break
   probs, ok = np.asarray(probs, float), np.asarray(ok, bool)
-  return {"threshold": best, "dev_f1": float(max(dev_f1)), "test": test_metrics,
+  dev_best = float(np.nanmax(dev_f1)) if dev and np.isfinite(dev_f1).any() else float("nan")
+  return {"threshold": best, "threshold_chosen_on": "fixed" if threshold is not None else "dev",
+          "dev_f1": dev_best, "test": test_metrics, "processbench": bench,
+          **({"prmbench": prmbench} if prmbench else {}),
           "num_dev": len(dev), "num_test": len(test), "num_steps": int(len(probs)),
           "step_auroc": auroc(probs, ok), "calibration": calibration(probs, ok.astype(float))}
 
@@ -313,9 +415,35 @@ def plot_calibration(result: dict, path: str) -> None:
   plt.close(fig)
 
 
-def run_process_eval(solutions: Iterable[Solution], out_dir: str, dev_fraction: float = 0.5) -> dict:
+def processbench_table(bench: dict) -> str:
+  """The ProcessBench paper's table layout: per subset, accuracy on erroneous / correct, F1."""
+  subsets = list(bench["subsets"])
+  pct = lambda x: "n/a" if not np.isfinite(x) else f"{100 * x:.1f}"
+  lines = ["| | " + " | ".join(subsets) + " | average |", "|---|" + "---|" * (len(subsets) + 1)]
+  for key, name in (("acc_erroneous", "erroneous acc"), ("acc_correct", "correct acc"),
+                    ("f1", "F1")):
+    cells = [pct(bench["subsets"][k][key]) for k in subsets]
+    lines.append(f"| {name} | " + " | ".join(cells) + " | "
+                 + (pct(bench["average_f1"]) if key == "f1" else "") + " |")
+  lines.append("| items (erroneous / correct) | " + " | ".join(
+      f"{bench['subsets'][k]['n_erroneous']} / {bench['subsets'][k]['n_correct']}"
+      for k in subsets) + " | |")
+  return "\n".join(lines)
+
+
+def prmbench_table(scores: dict) -> str:
+  pct = lambda x: "n/a" if not np.isfinite(x) else f"{100 * x:.1f}"
+  lines = ["", "PRMBench (steps valid at P(ok) >= threshold):", "",
+           "| classification | PRMScore | F1 | negative F1 | steps |", "|---|---|---|---|---|"]
+  lines += [f"| {k} | {pct(v['prmscore'])} | {pct(v['f1'])} | {pct(v['negative_f1'])} | "
+            f"{v['steps']} |" for k, v in scores.items()]
+  return "\n".join(lines) + "\n"
+
+
+def run_process_eval(solutions: Iterable[Solution], out_dir: str, dev_fraction: float = 0.5,
+                     threshold: float | None = None) -> dict:
   """`prm-jax process-eval`: writes process.json, process.md and calibration.png."""
-  result = process_eval(solutions, dev_fraction)
+  result = process_eval(solutions, dev_fraction, threshold=threshold)
   os.makedirs(out_dir, exist_ok=True)
   write_json(os.path.join(out_dir, "process.json"), result)
   t = result["test"]
@@ -324,9 +452,15 @@ def run_process_eval(solutions: Iterable[Solution], out_dir: str, dev_fraction: 
              f"| earliest-error F1 (test, ProcessBench) | {100 * t['f1']:.1f} |\n"
              f"| accuracy on erroneous / correct | {100 * t['acc_erroneous']:.1f} / "
              f"{100 * t['acc_correct']:.1f} |\n"
-             f"| threshold (chosen on dev, F1 {100 * result['dev_f1']:.1f}) | "
-             f"{result['threshold']:.2f} |\n"
-             f"| step AUROC | {result['step_auroc']:.3f} |\n"
-             f"| step ECE | {result['calibration']['ece']:.3f} |\n")
+             + (f"| threshold (fixed) | {result['threshold']:.2f} |\n" if threshold is not None
+                else f"| threshold (chosen on dev, F1 {100 * result['dev_f1']:.1f}) | "
+                     f"{result['threshold']:.2f} |\n")
+             + f"| step AUROC | {result['step_auroc']:.3f} |\n"
+             f"| step ECE | {result['calibration']['ece']:.3f} |\n"
+             + (f"\nTest F1 is undefined: {t['reason']}.\n" if "reason" in t else "")
+             + ("\nProcessBench (earliest-error identification, threshold "
+                f"{result['threshold']:.2f}):\n\n{processbench_table(result['processbench'])}\n"
+                if result["processbench"]["subsets"] else "")
+             + (prmbench_table(result["prmbench"]) if "prmbench" in result else ""))
   plot_calibration(result, os.path.join(out_dir, "calibration.png"))
   return result

@@ -1,21 +1,25 @@
 """Final-answer extraction and equivalence.
 
-`mode="prm800k"` follows the paper's grading conventions (MATH normalisation; tuples and intervals
-element-wise; two plain fractions must match exactly; an integer never equals a non-integer; otherwise
-symbolic equality). Model output is untrusted text, so nothing here evaluates it as Python: LaTeX is
-rewritten to a small arithmetic language and parsed by `parse_expression`, a recursive-descent parser
-that builds sympy objects directly and refuses anything outside a whitelist. Every call is bounded:
-structural limits (length, exponent size, factorial) and, on the main thread, a wall-clock timer.
+`mode="prm800k"` follows the paper's grader.py (MATH normalisation; tuples and intervals
+element-wise; two plain fractions must match exactly; an integer answer must be given as an
+integer; more than two unknown letters or a risky exponent are never evaluated; otherwise the
+difference must simplify to exactly 0). Model output is untrusted text, so nothing here evaluates
+it as Python: LaTeX is rewritten to a small arithmetic language and parsed by `parse_expression`, a
+recursive-descent parser that builds sympy objects directly and refuses anything outside a
+whitelist. Every call is bounded: structural limits (length, exponent size, factorial) and a
+wall-clock limit on any thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
-import random
 import re
 import signal
+import sys
 import threading
+import time
 from typing import Iterable
 
 import sympy
@@ -425,38 +429,78 @@ def parse_expression(plain: str) -> sympy.Expr:
 # ----------------------------------------------------------------------------- equivalence
 
 def _is_int_str(s: str) -> bool:
+  """An integer written as a number (`5`, `5.0`, `1,000`): what grader.py's integer rule sees."""
   try:
-    f = float(s)
+    f = float(re.sub(r"(\d),(\d{3})(?=$|\D)", r"\1\2", s))
   except ValueError:
     return False
   return math.isfinite(f) and abs(f - round(f)) <= 1e-7
 
 
 _FRAC = re.compile(r"^-?[0-9]+\.?/0*[1-9][0-9]*\.?$")
+_NAMED_LETTERS = {"pi": "pi", "infty": "inf"}  # the letters grader.py sees after latex2text
+_NO_LETTERS = ("sqrt", "frac", "cdot", "times", "div")
 
 
-def _numeric_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
+def _unknown_letters(*exprs: str) -> int:
+  """Distinct letters the expressions name, as grader.py counts them before it agrees to evaluate.
+
+  `sqrt` and `frac` are not letters; `\\pi` is two (p, i) and `\\infty` three (i, n, f), as in
+  grader.py's text rendering; any other command counts once.
+  """
+  letters: set[str] = set()
+  for e in exprs:
+    for name in re.findall(r"\\([a-zA-Z]+)", e):
+      if name in _NAMED_LETTERS:
+        letters.update(_NAMED_LETTERS[name])
+      elif name not in _NO_LETTERS:
+        letters.add("\\" + name)
+    letters.update(c for c in re.sub(r"\\[a-zA-Z]+", "", e) if c.isalpha())
+  return len(letters)
+
+
+def _exponents_allowed(expr: str) -> bool:
+  """grader.py's guards against sympy hanging on powers (its BAD_SUBSTRINGS and BAD_REGEXES).
+
+  An exponent is one digit or one letter, optionally negative and in braces (`x^2`, `x^{-1}`):
+  two or more digits (`x^{10}`), a parenthesised or compound exponent (`x^(2)`, `x^{n+1}`) and
+  towers (`2^2^2`) are refused. grader.py sees `x^{10}` as `x^10` once braces are dropped.
+  """
+  for m in re.finditer(r"\^", expr):
+    rest = expr[m.end():].lstrip()
+    if rest.startswith("("):
+      return False
+    if rest.startswith("{"):
+      got = _brace_content(rest, 0)
+      if got is None or not re.fullmatch(r"-?(?:[0-9]|[a-zA-Z])", got[0].strip()):
+        return False
+      rest = rest[got[1]:]
+    else:
+      digits = re.match(r"[0-9]+", rest)
+      if digits and len(digits.group(0)) > 1:
+        return False
+      rest = rest[digits.end():] if digits else rest[1:]
+    if rest.lstrip().startswith("^"):
+      return False
+  return True
+
+
+def _may_evaluate(given: str, truth: str) -> bool:
+  """grader.py's `should_allow_eval`: at most two unknown letters, no risky powers."""
+  return _unknown_letters(given, truth) <= 2 and all(map(_exponents_allowed, (given, truth)))
+
+
+def _exactly_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
+  """Equal when sympy simplifies the difference to 0 (as grader.py does): 1.4142135624 is not
+  sqrt(2). Decimals were parsed exactly, so 0.1 + 0.2 is 0.3."""
   if a == b:
     return True
   if a.is_Rational and b.is_Rational:
     return False
-  if a.has(sympy.oo, -sympy.oo, sympy.zoo) or b.has(sympy.oo, -sympy.oo, sympy.zoo):
+  bad = (sympy.oo, -sympy.oo, sympy.zoo, sympy.nan)
+  if a.has(*bad) or b.has(*bad):
     return False
-  symbols = sorted(a.free_symbols | b.free_symbols, key=str)
-  rng = random.Random(0)
-  trials = 4 if symbols else 1
-  for _ in range(trials):
-    point = {s: sympy.Rational(rng.randint(1100, 2900), 1000) for s in symbols}
-    try:
-      va = complex(a.evalf(30, subs=point))
-      vb = complex(b.evalf(30, subs=point))
-    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
-      return False
-    if not (math.isfinite(abs(va)) and math.isfinite(abs(vb))):
-      return False
-    if abs(va - vb) > 1e-9 * max(1.0, abs(va), abs(vb)):
-      return False
-  return True
+  return sympy.simplify(a - b) == 0
 
 
 def _element_equal(g: str, t: str) -> bool:
@@ -473,11 +517,12 @@ def _element_equal(g: str, t: str) -> bool:
     return True
   if _FRAC.match(gp_c) and _FRAC.match(tp_c):  # two plain fractions: as written (2/4 is not 1/2)
     return False
-  if _is_int_str(gp_c) != _is_int_str(tp_c) and (_is_int_str(gp_c) or _is_int_str(tp_c)):
-    if _FRAC.match(gp_c) or _FRAC.match(tp_c) or re.fullmatch(r"-?[\d.]+", gp_c + tp_c.replace("-", "")):
-      return False  # an integer is never a non-integer number (10/2 is not 5)
+  if _is_int_str(gp_c) != _is_int_str(tp_c):
+    return False  # an integer answer must be given as an integer (not 10/2, not \\sqrt{25})
+  if not _may_evaluate(g, t):
+    return False
   try:
-    return _numeric_equal(parse_expression(gp), parse_expression(tp))
+    return _exactly_equal(parse_expression(gp), parse_expression(tp))
   except (_Refused, TypeError, ValueError, ZeroDivisionError, OverflowError, RecursionError,
           AttributeError):
     return False
@@ -539,26 +584,42 @@ def _grade_normalized(g: str, t: str) -> bool:
   return _element_equal(g, t)
 
 
-class _Timeout(Exception):
-  pass
+class _Timeout(BaseException):
+  """The time bound ran out (a BaseException, so no `except Exception` inside sympy swallows it)."""
 
 
 @contextlib.contextmanager
 def _time_limit(seconds: float):
-  """SIGALRM timer on the main thread (sympy is pure Python, so it is interruptible)."""
-  if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-    yield  # structural limits still bound the work
-    return
+  """A wall-clock bound on pure-Python work, on any thread.
 
-  def on_alarm(*_):
-    raise _Timeout()
-  previous = signal.signal(signal.SIGALRM, on_alarm)
-  signal.setitimer(signal.ITIMER_REAL, seconds)
+  The main thread uses a SIGALRM timer. Signals reach only the main thread, so elsewhere (a thread
+  pool grading samples) a trace hook checks the clock at every Python function call and raises
+  there: sympy is pure Python and calls functions constantly, and the structural limits keep the C
+  parts (big integers) small. The hook returns None, so no per-line tracing slows the work.
+  """
+  if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+    def on_alarm(*_):
+      raise _Timeout()
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+      yield
+    finally:
+      signal.setitimer(signal.ITIMER_REAL, 0)
+      signal.signal(signal.SIGALRM, previous)
+    return
+  deadline = time.monotonic() + seconds
+  previous = sys.gettrace()
+
+  def check(frame, event, arg):
+    if time.monotonic() > deadline:
+      raise _Timeout()  # Python unsets a trace function that raises
+    return None
+  sys.settrace(check)
   try:
     yield
   finally:
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, previous)
+    sys.settrace(previous)
 
 
 def _grade_prm800k(given: str, truth: str) -> bool:
@@ -583,13 +644,17 @@ def _grade_math_verify(given: str, truth: str) -> bool:
   # text that looks like Python is refused before it reaches the library at all.
   if _PYTHONISH.search(given) or _PYTHONISH.search(truth):
     return False
+  # math_verify bounds itself with signal.alarm, which exists only on the main thread; elsewhere
+  # its timeouts must be off and `_time_limit`'s profile hook bounds it instead.
+  on_main = threading.current_thread() is threading.main_thread()
+  limit = max(1, math.ceil(TIME_LIMIT_S)) if on_main else None
   cfg = [math_verify.LatexExtractionConfig()]
   wrap = lambda s: s if "$" in s or "\\boxed" in s else f"${s}$"
-  gold = math_verify.parse(wrap(truth), extraction_config=cfg, parsing_timeout=None)
-  pred = math_verify.parse(wrap(given), extraction_config=cfg, parsing_timeout=None)
+  gold = math_verify.parse(wrap(truth), extraction_config=cfg, parsing_timeout=limit)
+  pred = math_verify.parse(wrap(given), extraction_config=cfg, parsing_timeout=limit)
   if not gold or not pred:
     return False
-  return bool(math_verify.verify(gold, pred, timeout_seconds=None))
+  return bool(math_verify.verify(gold, pred, timeout_seconds=limit))
 
 
 def grade_answer(given: str | None, truth: str | None, mode: str = "prm800k") -> bool:
@@ -601,10 +666,95 @@ def grade_answer(given: str | None, truth: str | None, mode: str = "prm800k") ->
   given, truth = str(given), str(truth)
   if not given.strip() or len(given) > 4 * MAX_CHARS:
     return False
+  on_main = threading.current_thread() is threading.main_thread()
+  # on the main thread math_verify sets its own alarms, which would cancel ours
+  bound = (contextlib.nullcontext() if mode == "math_verify" and on_main
+           else _time_limit(TIME_LIMIT_S))
   try:
-    with _time_limit(TIME_LIMIT_S):
+    with bound:
       if mode == "prm800k":
         return _grade_prm800k(given, truth)
       return _grade_math_verify(given, truth)
   except (_Timeout, RecursionError):
     return False
+
+
+# ----------------------------------------------------------------------------- grouping
+
+@dataclasses.dataclass(frozen=True)
+class AnswerForm:
+  """One answer normalised once, for grouping many answers (best-of-N pools of 1860 samples).
+
+  `mathd` and `norm` are the two normal forms `grade_answer` compares as strings; `values` is a
+  numeric fingerprint (shape, then one complex value per element at a fixed point, None where
+  unknown) that two answers the grader calls equal always share.
+  """
+
+  raw: str
+  mathd: str
+  norm: str
+  values: tuple | None
+
+
+def _element_value(e: str) -> complex | None:
+  try:
+    expr = parse_expression(latex_to_plain(e))
+    point = {x: sympy.Rational(1000 + 37 * (sum(map(ord, str(x))) % 97), 997)
+             for x in expr.free_symbols}
+    v = complex(expr.evalf(20, subs=point))
+  except (_Refused, TypeError, ValueError, ZeroDivisionError, OverflowError, RecursionError,
+          AttributeError, IndexError):
+    return None
+  return v if math.isfinite(abs(v)) else None
+
+
+def _fingerprint(s: str) -> tuple | None:
+  """Mirrors `_grade_normalized`'s structure: matrix, union, bracketed list, list, element."""
+  mat = _matrix(s)
+  if mat is not None:
+    return ("matrix", tuple(tuple(_element_value(c) for c in row) for row in mat))
+  parts = _split_top(s, ["\\cup"])
+  if len(parts) > 1:
+    return ("union", tuple(_fingerprint(x) for x in parts))
+  if _is_bracketed(s):
+    return ("bracketed", s[0], s[-1], tuple(_element_value(x) for x in _split_top(s[1:-1], [","])))
+  parts = _split_top(s, [","])
+  if len(parts) > 1:
+    return ("list", tuple(_element_value(x) for x in parts))
+  return ("element", _element_value(s))
+
+
+def answer_form(answer: str) -> AnswerForm:
+  """Normalises `answer` once (bounded in time like `grade_answer`)."""
+  answer = str(answer)
+  try:
+    with _time_limit(TIME_LIMIT_S):
+      mathd, norm = strip_string(answer), normalize(answer) or ""
+      values = _fingerprint(norm) if norm and len(answer) <= 4 * MAX_CHARS else None
+  except (_Timeout, RecursionError):
+    return AnswerForm(answer, "", "", None)
+  return AnswerForm(answer, mathd, norm, values)
+
+
+def _same_value(a, b) -> bool:
+  """False only when the fingerprints prove the values differ (None: unknown, may be equal)."""
+  if a is None or b is None:
+    return True
+  if isinstance(a, complex) and isinstance(b, complex):
+    return abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b))
+  if isinstance(a, tuple) and isinstance(b, tuple):
+    return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+  return a == b  # kinds and bracket characters
+
+
+def forms_may_be_equal(a: AnswerForm, b: AnswerForm, mode: str = "prm800k") -> bool:
+  """A cheap necessary condition for `grade_answer(a.raw, b.raw, mode)`; True when unsure.
+
+  Equal normal forms are equal. Otherwise the grader calls two answers equal only through
+  `_grade_normalized`, whose shape rules and exact equality imply equal fingerprints.
+  """
+  if (a.mathd and a.mathd == b.mathd) or (a.norm and a.norm == b.norm):
+    return True
+  if mode != "prm800k" or a.values is None or b.values is None:
+    return True
+  return _same_value(a.values, b.values)

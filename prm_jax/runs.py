@@ -1,8 +1,9 @@
 """A run: the directory one stage writes and later stages open.
 
     RUN/
-      config.json      the whole config the run trained with: model shape, task, settings
-      tokenizer.model  the tokenizer its data was encoded with
+      config.json      the whole config the run trained with: model shape, task, step format, ...
+      tokenizer.model  the tokenizer its data was encoded with (sentencepiece), or
+      tokenizer/       a Hugging Face tokenizer's files (tokenizer.json, tokenizer_config.json)
       params/          final parameters (orbax): what `Run.open` restores
       checkpoints/N/   train state + data-iterator position (orbax), for resuming training
       metrics.jsonl    one line per logged step (tb/: the same as TensorBoard events)
@@ -27,6 +28,35 @@ from prm_jax import distributed, sharding
 from prm_jax.model import ModelConfig, build_model
 
 HF_PREFIX = "hf:"
+QWEN_PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+# The step formats released reward models were trained with (the model cards' recipes).
+REWARD_FORMATS = {
+    "qwen_prm": dict(preset="tag", tag="<extra_0>", before_tag="", after_tag="",
+                     chat_template=True, system_prompt=QWEN_PRM_SYSTEM, bos="auto"),
+    "lm": dict(preset="tag", tag="ки", before_tag=" ", after_tag="\n", chat_template=False,
+               system_prompt="", bos="auto"),
+}
+
+
+def _read_sidecar(path: str) -> dict[str, Any]:
+  """The `prm_jax.json` a prm_jax export writes beside its weights ({} for other folders)."""
+  from prm_jax.model.hf_export import SIDECAR
+  p = os.path.join(path, SIDECAR)
+  if not os.path.exists(p):
+    return {}
+  with open(p) as f:
+    return json.load(f)
+
+
+def _single_token(tokenizer, text: str, spec: str) -> int:
+  """The id of a token that is `text` (a vocabulary entry, or text that encodes to one id)."""
+  i = tokenizer.token_id(text)
+  if i is None:
+    ids = tokenizer.encode(text)
+    if len(ids) != 1:
+      raise ValueError(f"{spec}: {text!r} is not one token of its tokenizer ({ids})")
+    i = ids[0]
+  return i
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +75,10 @@ class RunDir:
 
   @property
   def tokenizer_path(self) -> str:
-    return os.path.join(self.path, "tokenizer.model")
+    """The run's tokenizer: its `tokenizer/` folder (Hugging Face) or `tokenizer.model`."""
+    from prm_jax.tokenizer import HF_DIR, SP_FILE
+    hf = os.path.join(self.path, HF_DIR)
+    return hf if os.path.isdir(hf) else os.path.join(self.path, SP_FILE)
 
   @property
   def checkpoints_path(self) -> str:
@@ -144,7 +177,8 @@ class Run:
   config: dict[str, Any]            # the config the run trained with ({} for hf:)
 
   @classmethod
-  def open(cls, spec: str, mesh: jax.sharding.Mesh, rules: sharding.Rules, **model_overrides
+  def open(cls, spec: str, mesh: jax.sharding.Mesh, rules: sharding.Rules, *,
+           reward: str | None = None, good_bad: tuple[str, str] = ("+", "-"), **model_overrides
            ) -> "Run":
     """Opens a prm_jax run directory or `hf:PATH`; parameters land in their shardings on `mesh`.
 
@@ -152,11 +186,9 @@ class Run:
     """
     rules = tuple(rules)
     if is_hf(spec):
-      from prm_jax.model.hf_import import load_hf_causal_lm
-      path = _hf_path(spec)
-      dtype = model_overrides.pop("dtype", "float32")
-      model = load_hf_causal_lm(path, dtype, mesh=mesh, rules=rules, **model_overrides)
-      return cls(spec, "sft", model, model.cfg, tokenizer_of(spec), {})
+      return cls._open_hf(spec, mesh, rules, reward, good_bad, **model_overrides)
+    if reward:
+      raise ValueError(f"{spec} is a prm_jax run: score.convention={reward!r} is for hf:PATH")
     run = RunDir(spec)
     config = run.read_config("params", "tokenizer", hint=" (hf:PATH opens a Hugging Face folder)")
     task = config["train"]["task"]
@@ -167,15 +199,68 @@ class Run:
     model = nnx.merge(graphdef, run.load_params(placed))
     return cls(spec, task, model, cfg, tokenizer_of(spec), config)
 
+  @classmethod
+  def _open_hf(cls, spec, mesh, rules, reward=None, good_bad=("+", "-"), **model_overrides):
+    from prm_jax.model import hf_import
+    path = _hf_path(spec)
+    with open(os.path.join(path, "config.json")) as f:
+      arch = (json.load(f).get("architectures") or ["?"])[0]
+    dtype = model_overrides.pop("dtype", "float32")
+    tokenizer = tokenizer_of(spec)
+    if not reward and arch.endswith("ForCausalLM"):
+      model = hf_import.load_hf_causal_lm(path, dtype, mesh=mesh, rules=rules, **model_overrides)
+      exported = _read_sidecar(path)
+      return cls(spec, "sft", model, model.cfg, tokenizer,
+                 {"format": exported["format"]} if exported.get("format") else {})
+    ids = None
+    if reward == "lm":
+      if tokenizer is None:
+        raise ValueError(f"{spec}: score.convention=lm needs the folder's tokenizer")
+      ids = tuple(_single_token(tokenizer, t, spec) for t in reversed(good_bad))  # (bad, good)
+    model = hf_import.load_hf_reward_model(path, dtype, mesh=mesh, rules=rules, convention=reward,
+                                           good_bad_ids=ids, **model_overrides)
+    with open(os.path.join(path, "config.json")) as f:
+      convention, _ = hf_import.reward_convention(json.load(f), reward)
+    config = {"train": {"task": model.kind, "neutral_is_positive": True}}
+    if convention in REWARD_FORMATS:
+      config["format"] = dict(REWARD_FORMATS[convention])
+    exported = _read_sidecar(path)
+    if exported:  # a prm_jax export: score it the way it was trained
+      config["train"]["neutral_is_positive"] = exported.get("neutral_is_positive", True)
+      if exported.get("format"):
+        config["format"] = exported["format"]
+      if "orm_bias" in exported and model.kind == "orm":
+        model.head_b.value = jax.numpy.full_like(model.head_b.value, exported["orm_bias"])
+    return cls(spec, model.kind, model, model.cfg, tokenizer, config)
+
   def require(self, stage: str, *tasks: str) -> "Run":
     """This run, if it holds a model of one of `tasks`; else a clear error naming both."""
     if self.task not in tasks:
       raise ValueError(f"{self.spec} holds a {self.task!r} model; {stage} needs "
                        f"{' or '.join(repr(t) for t in tasks)}")
     if self.tokenizer is None:
-      raise ValueError(f"{self.spec} has no tokenizer prm_jax can read (it reads a sentencepiece "
-                       "tokenizer.model with a <nl> piece)")
+      raise ValueError(f"{self.spec} has no tokenizer (tokenizer.json / tokenizer_config.json)")
+    if self.tokenizer.vocab_size > self.model_config.vocab_size:
+      raise ValueError(f"{self.spec}: its tokenizer has {self.tokenizer.vocab_size} tokens but the "
+                       f"model's embedding table only {self.model_config.vocab_size}")
     return self
+
+  def with_format(self, config):
+    """`config` with this run's step format (the one it was trained with), when it recorded one:
+    every later stage reads text the way the run was trained to."""
+    saved = self.config.get("format")
+    if not saved:
+      return config
+    from prm_jax.configs import derive
+    return derive(config, {f"format.{k}": v for k, v in saved.items()})
+
+  @staticmethod
+  def holding(spec: str, config) -> dict[str, Any]:
+    """How to hold `spec`'s weights per `config.model` (dtype, param_dtype): a Hugging Face folder
+    has no such setting of its own; a prm_jax run keeps the one it trained with."""
+    if not is_hf(spec):
+      return {}
+    return {"dtype": config.model.dtype, "param_dtype": config.model.param_dtype}
 
   @property
   def train_config(self) -> dict[str, Any]:
@@ -183,15 +268,13 @@ class Run:
 
 
 def tokenizer_of(spec: str):
-  """The tokenizer a run was trained with; for `hf:PATH`, the folder's sentencepiece tokenizer.model
-  when prm_jax can use it (one with a <nl> piece), else None."""
-  from prm_jax.tokenizer import SentencePieceTokenizer
+  """The tokenizer a run was trained with, or a Hugging Face folder's own (None when the folder
+  ships none)."""
+  from prm_jax.tokenizer import load_tokenizer
   if not is_hf(spec):
-    return SentencePieceTokenizer.load(RunDir(spec).tokenizer_path)
-  model = os.path.join(_hf_path(spec), "tokenizer.model")
-  if not os.path.exists(model):
+    return load_tokenizer(RunDir(spec).tokenizer_path)
+  path = _hf_path(spec)
+  if not any(os.path.exists(os.path.join(path, f)) for f in (
+      "tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
     return None
-  try:
-    return SentencePieceTokenizer.load(model)
-  except (ValueError, RuntimeError, OSError):
-    return None
+  return load_tokenizer(path)

@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from prm_jax import stopping
 from prm_jax.model import CausalLM, KVCache
+from prm_jax.step_format import StepFormat
 
 NEG_INF = -1e30
 
@@ -60,61 +62,55 @@ class SamplingConfig:
   top_k: int = 0
   top_p: float = 1.0
   eos_id: int = 3
-  nl_id: int = 4
   pad_id: int = 0
-  bos_id: int = 2
-  answer_header: tuple[int, ...] = ()  # token ids of the line "# Answer"; () disables that stop
-  vocab_limit: int = 0                 # ids >= this (the model's padded vocab rows) are never drawn
+  banned_ids: tuple[int, ...] = ()  # never drawn (padding, BOS)
+  vocab_limit: int = 0              # ids >= this (the model's padded vocab rows) are never drawn
 
 
 def generate(model: CausalLM, cache: KVCache, prompts: jax.Array, positions: jax.Array,
-             keys: jax.Array, sc: SamplingConfig) -> tuple[jax.Array, jax.Array, KVCache]:
+             keys: jax.Array, stop_next: jax.Array, stop_accept: jax.Array, sc: SamplingConfig
+             ) -> tuple[jax.Array, jax.Array, KVCache]:
   """Samples up to `sc.max_new_tokens` after left-padded `prompts` [B,P] (positions -1 on padding).
 
-  Returns tokens int32[B, max_new] (pad after the stop), lengths int32[B], and the cache (donate it
-  back on the next call).
+  A row stops at EOS or when a stop automaton accepts (`stopping.StopTables`: `stop_next`
+  int[A,S,V] advances each row's state per token, `stop_accept` bool[A,S]). Returns tokens
+  int32[B, max_new] (pad after the stop), lengths int32[B] (tokens generated, the stopping one
+  included), and the cache (donate it back on the next call).
   """
   b, p = prompts.shape
   cache = KVCache(jnp.zeros_like(cache.k), jnp.zeros_like(cache.v), jnp.full_like(cache.pos, -1),
                   jnp.zeros_like(cache.index))
   logits, cache = model.decode(prompts, cache, positions)
   next_pos = jnp.max(positions, axis=1) + 1
-  header = jnp.asarray((sc.nl_id,) + sc.answer_header, jnp.int32)
-  h = len(sc.answer_header) + 1
-  # history = a few newline slots (the prompt ends a line) + generated tokens, for the stop check
-  history = jnp.concatenate([jnp.full((b, h), sc.nl_id, jnp.int32),
-                             jnp.full((b, sc.max_new_tokens), sc.pad_id, jnp.int32)], axis=1)
+  automata = jnp.arange(stop_next.shape[0])[None, :]
+  tokens = jnp.full((b, sc.max_new_tokens), sc.pad_id, jnp.int32)
 
   def cond(state):
-    i, _, _, _, done, _, _ = state
+    i, _, _, _, done, _, _, _ = state
     return (i < sc.max_new_tokens) & ~jnp.all(done)
 
   def body(state):
-    i, cache, last_logits, history, done, in_answer, pos = state
+    i, cache, last_logits, tokens, done, states, lengths, pos = state
     step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
-    last_logits = last_logits.at[:, sc.pad_id].set(NEG_INF).at[:, sc.bos_id].set(NEG_INF)
+    for banned in sc.banned_ids:
+      last_logits = last_logits.at[:, banned].set(NEG_INF)
     if sc.vocab_limit:
       last_logits = jnp.where(jnp.arange(last_logits.shape[-1]) < sc.vocab_limit, last_logits,
                               NEG_INF)
     tok = choose(last_logits, step_keys, sc.temperature, sc.top_k, sc.top_p)
     tok = jnp.where(done, sc.pad_id, tok)
-    history = jax.lax.dynamic_update_slice(history, tok[:, None], (0, h + i))
-    newline = tok == sc.nl_id
-    stop = (tok == sc.eos_id) | (newline & in_answer)
-    if sc.answer_header:
-      window = jax.lax.dynamic_slice(history, (0, i), (b, h))  # the h tokens before this one
-      in_answer = in_answer | (newline & jnp.all(window == header, axis=1))
-    done = done | stop
+    tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, i))
+    lengths = lengths + (~done).astype(jnp.int32)
+    states = stop_next[automata, states, jnp.clip(tok, 0, stop_next.shape[-1] - 1)[:, None]]
+    hit = jnp.any(stop_accept[automata, states], axis=1)
+    done = done | (tok == sc.eos_id) | hit
     logits, cache = model.decode(tok[:, None], cache, pos[:, None])
-    return i + 1, cache, logits[:, -1], history, done, in_answer, pos + 1
+    return i + 1, cache, logits[:, -1], tokens, done, states, lengths, pos + 1
 
-  state = (jnp.int32(0), cache, logits[:, -1], history, jnp.zeros(b, bool), jnp.zeros(b, bool),
-           next_pos)
-  i, cache, _, history, done, _, _ = jax.lax.while_loop(cond, body, state)
-  tokens = history[:, h:]
-  is_pad = tokens == sc.pad_id
-  lengths = jnp.where(jnp.any(is_pad, axis=1), jnp.argmax(is_pad, axis=1), sc.max_new_tokens)
-  return tokens, lengths.astype(jnp.int32), cache
+  state = (jnp.int32(0), cache, logits[:, -1], tokens, jnp.zeros(b, bool),
+           jnp.zeros((b, stop_next.shape[0]), jnp.int32), jnp.zeros(b, jnp.int32), next_pos)
+  _, cache, _, tokens, _, _, lengths, _ = jax.lax.while_loop(cond, body, state)
+  return tokens, lengths, cache
 
 
 def row_keys(seed: int, problem_ids: Sequence[str], sample_idx: Sequence[int]) -> np.ndarray:
@@ -144,9 +140,10 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int
 
 def make_generate_fn(graphdef, params, cfg, sc: SamplingConfig, batch: int, length: int, mesh,
                      rules):
-  """`fn(params, cache, tokens, positions, key_data) -> (tokens, lengths, cache)` with explicit
-  shardings (rows over the batch axes; `key_data` uint32[B, 2] from `row_keys`), the outputs
-  replicated (every process reads them) and the cache donated, plus a cache placed on the mesh.
+  """`fn(params, cache, tokens, positions, key_data, stop_next, stop_accept) -> (tokens, lengths,
+  cache)` with explicit shardings (rows over the batch axes; `key_data` uint32[B, 2] from
+  `row_keys`; the stop tables replicated), the outputs replicated (every process reads them) and the
+  cache donated, plus a cache placed on the mesh.
 
   Placing the cache matters: an unplaced cache next to mesh-placed weights is not aliased across
   the decode loop, which costs about 4x on CPU.
@@ -162,8 +159,10 @@ def make_generate_fn(graphdef, params, cfg, sc: SamplingConfig, batch: int, leng
   keys_sh = sharding.logical_sharding(("batch", None), (batch, 2), mesh, rules)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   fn = sharding.jit_apply(
-      lambda m, c, t, p, k: generate(m, c, t, p, jax.random.wrap_key_data(k), sc), graphdef,
-      sharding.state_shardings(params, mesh, rules), (cache_sh, row, row, keys_sh),
+      lambda m, c, t, p, k, nxt, acc: generate(m, c, t, p, jax.random.wrap_key_data(k), nxt, acc,
+                                               sc), graphdef,
+      sharding.state_shardings(params, mesh, rules),
+      (cache_sh, row, row, keys_sh, replicated, replicated),
       (replicated, replicated, cache_sh), mesh, rules, donate_argnums=(1,))
   return fn, jax.device_put(KVCache.init(cfg, batch, total), cache_sh)
 
@@ -177,8 +176,10 @@ class Sampler:
       sampler = Sampler(model, tokenizer, config)           # the model a notebook just trained
       solutions = sampler.sample(problems, n=16, seed=0)    # graded `Solution`s, in input order
 
-  `config` is a prm_jax config (`configs/base.py`): `config.sample` holds the settings, `config.mesh`
-  and `config.rules` the sharding (or pass `mesh` / `rules`).
+  `config` is a prm_jax config (`configs/base.py`): `config.sample` holds the settings,
+  `config.format` the step format (prompts, and generated text back into steps), `config.mesh` and
+  `config.rules` the sharding (or pass `mesh` / `rules`). A row stops at EOS, after the line that
+  follows `# Answer` (`sample.stop_at_answer`, PRM800K's convention), or at a `sample.stop` string.
   """
 
   def __init__(self, model: CausalLM, tokenizer, config=None, mesh=None, rules=None):
@@ -199,9 +200,18 @@ class Sampler:
     div = sharding.batch_divisor(self.mesh, self.rules)
     self.batch_size = max(div, s.batch_size - s.batch_size % div)
     self.buckets, self.grading_mode = tuple(s.buckets), s.grading_mode
+    self.format = StepFormat.from_config(config.get("format"))
+    self.format.check(tokenizer)
+    banned = tuple(sorted({i for i in (tokenizer.pad_id, tokenizer.bos_id)
+                           if i is not None and i != tokenizer.eos_id}))
     self.sc = SamplingConfig(s.max_new_tokens, s.temperature, s.top_k, s.top_p, tokenizer.eos_id,
-                             tokenizer.nl_id, tokenizer.pad_id, tokenizer.bos_id,
-                             tuple(tokenizer.encode("# Answer")), tokenizer.vocab_size)
+                             tokenizer.pad_id, banned, tokenizer.vocab_size)
+    automata = ([stopping.answer_line()] if s.stop_at_answer else []) + [
+        stopping.stop_string(x) for x in s.stop]
+    self.stops = stopping.StopTables.build(automata, self.format.token_texts(tokenizer))
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    self._stop_arrays = (jax.device_put(self.stops.next, replicated),
+                         jax.device_put(self.stops.accept, replicated))
     self._fns, self._caches = {}, {}
 
   @classmethod
@@ -212,8 +222,8 @@ class Sampler:
     from prm_jax.runs import Run
     config = config if config is not None else base.get_config()
     mesh, rules = sharding.make_mesh(config.mesh), tuple(config.rules)
-    run = Run.open(spec, mesh, rules).require("sampling", "sft")
-    return cls(run.model, run.tokenizer, config, mesh, rules)
+    run = Run.open(spec, mesh, rules, **Run.holding(spec, config)).require("sampling", "sft")
+    return cls(run.model, run.tokenizer, run.with_format(config), mesh, rules)
 
   def _fn(self, length: int):
     """One compiled program and one donated cache per prompt bucket."""
@@ -245,12 +255,6 @@ class Sampler:
     out = [s for batch in self._run(jobs, seed, False) for s in batch]
     return [out[i * m:(i + 1) * m] for i in range(len(prefixes))]
 
-  def _prompt(self, problem: str, prefix: tuple[str, ...]) -> list[int]:
-    ids = [self.tok.bos_id] + self.tok.encode(problem) + [self.tok.nl_id]
-    for step in prefix:
-      ids += self.tok.encode(step) + [self.tok.nl_id]
-    return ids
-
   def _generate(self, prompts: list[list[int]], keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One fixed-shape batch: prompts padded to the bucket of the longest, placed on the mesh."""
     from prm_jax import sharding
@@ -261,7 +265,7 @@ class Sampler:
     key_sh = sharding.logical_sharding(("batch", None), keys.shape, self.mesh, self.rules)
     out, lengths, self._caches[length] = fn(
         self.params, self._caches[length], sharding.put_global(tokens, row),
-        sharding.put_global(positions, row), sharding.put_global(keys, key_sh))
+        sharding.put_global(positions, row), sharding.put_global(keys, key_sh), *self._stop_arrays)
     return sharding.to_host(out), sharding.to_host(lengths)
 
   def _run(self, jobs, seed: int, progress: bool, start: int = 0):
@@ -282,7 +286,7 @@ class Sampler:
     for lo in range(first, len(jobs), b):
       chunk = jobs[lo:lo + b]
       fill = b - len(chunk)
-      prompts = [self._prompt(p.problem, prefix) for p, _, prefix in chunk]
+      prompts = [self.format.prompt(self.tok, p.problem, prefix) for p, _, prefix in chunk]
       prompts += [prompts[0]] * fill  # fixed batch shape
       keys = row_keys(seed, [key_id(p, prefix) for p, _, prefix in chunk] + ["<pad>"] * fill,
                       [k for _, k, _ in chunk] + [0] * fill)
@@ -296,15 +300,14 @@ class Sampler:
     bar.close()
 
   def _solution(self, p, k: int, prefix: tuple[str, ...], gen: list[int], seed: int):
-    """A generated row as a graded `Solution`: its text split into steps, the answer extracted."""
+    """A generated row as a graded `Solution`: its text cut where a stop condition accepted, split
+    into steps by the step format, the answer extracted and graded."""
     from prm_jax import grading
     from prm_jax.records import Solution
-    finish = "eos" if gen and gen[-1] == self.tok.eos_id else (
-        "answer" if len(gen) < self.sc.max_new_tokens else "length")
-    text = self.tok.decode([t for t in gen if t != self.tok.eos_id])
-    steps = list(prefix) + text.split("\n")
-    while steps and not steps[-1].strip():
-      steps.pop()
+    eos = bool(gen) and gen[-1] == self.tok.eos_id
+    text, stopped = self.stops.cut_text(self.tok.decode(gen[:-1] if eos else gen))
+    finish = "eos" if eos else {None: "length", "answer": "answer"}.get(stopped, "stop")
+    steps = list(prefix) + self.format.split(text)
     answer = grading.extract_answer("\n".join(steps))
     correct = grading.grade_answer(answer, p.answer, self.grading_mode) if (
         answer is not None and p.answer is not None) else (False if p.answer else None)

@@ -20,31 +20,36 @@ import numpy as np
 
 from prm_jax.model.heads import RewardModel
 from prm_jax.records import Solution
+from prm_jax.step_format import StepFormat
 
 METHODS = ("prod", "min", "last")
+LOG_PROD = "log_prod"  # sum of log P(ok): the product in log space, for ranking without underflow
 
 
 def aggregate_step_scores(step_probs: jax.Array, solution_ids: jax.Array, num_solutions: int,
                           method: str) -> jax.Array:
   """float[num_solutions] from per-step P(ok) `float[S]` and `int[S]` owners (< 0: padding).
 
-  A solution with no steps scores 0.0; probabilities of exactly 0 or 1 never produce NaN.
+  A solution with no steps scores 0.0 (`log_prod`: -inf, as does a step with P(ok) = 0);
+  probabilities of exactly 0 or 1 never produce NaN.
   """
-  if method not in METHODS:
-    raise ValueError(f"aggregation method {method!r}; expected one of {METHODS}")
+  if method not in METHODS + (LOG_PROD,):
+    raise ValueError(f"aggregation method {method!r}; expected one of {METHODS + (LOG_PROD,)}")
   p = jnp.clip(jnp.asarray(step_probs, jnp.float32), 0.0, 1.0)
   ids = jnp.asarray(solution_ids, jnp.int32)
   if p.shape[0] == 0:
-    return jnp.zeros((num_solutions,), jnp.float32)
+    return jnp.full((num_solutions,), -jnp.inf if method == LOG_PROD else 0.0, jnp.float32)
   valid = ids >= 0
   seg = jnp.where(valid, ids, num_solutions)  # padding goes to a spare segment, dropped below
   n = num_solutions + 1
   count = jax.ops.segment_sum(valid.astype(jnp.int32), seg, n)[:num_solutions]
-  if method == "prod":
+  if method in ("prod", LOG_PROD):
     logp = jnp.where(valid, jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
     has_zero = jax.ops.segment_max((valid & (p <= 0)).astype(jnp.int32), seg, n)[:num_solutions]
-    out = jnp.exp(jax.ops.segment_sum(logp, seg, n)[:num_solutions])
-    out = jnp.where(has_zero > 0, 0.0, out)
+    total = jax.ops.segment_sum(logp, seg, n)[:num_solutions]
+    if method == LOG_PROD:
+      return jnp.where((has_zero > 0) | (count == 0), -jnp.inf, total)
+    out = jnp.where(has_zero > 0, 0.0, jnp.exp(total))
   elif method == "min":
     out = jax.ops.segment_min(jnp.where(valid, p, 1.0), seg, n)[:num_solutions]
   else:
@@ -52,12 +57,6 @@ def aggregate_step_scores(step_probs: jax.Array, solution_ids: jax.Array, num_so
     last = jax.ops.segment_max(order, seg, n)[:num_solutions]
     out = p[jnp.clip(last, 0, p.shape[0] - 1)]
   return jnp.where(count > 0, out, 0.0)
-
-
-def step_ok_probability(logits: jax.Array, neutral_is_positive: bool = True) -> jax.Array:
-  """P(step ok) from PRM logits [..., 3] ordered (neg, neutral, pos)."""
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  return 1.0 - probs[..., 0] if neutral_is_positive else probs[..., 2]
 
 
 PACKED_KEYS = ("tokens", "segment_ids", "positions", "solution_id", "step_end")
@@ -80,15 +79,16 @@ def score_packed(model: RewardModel, batch: dict[str, jax.Array], max_steps: int
     idx = jnp.where(sol >= 0, jnp.arange(b * t), -1)
     last = jax.ops.segment_max(idx, jnp.where(sol >= 0, sol, max_solutions), max_solutions + 1)
     last = last[:max_solutions]
-    logit = model.head(flat[jnp.clip(last, 0, b * t - 1)])[:, 0]
-    return {"orm": jnp.where(last >= 0, jax.nn.sigmoid(logit), 0.0)}
+    p = model.ok_probability(model.head(flat[jnp.clip(last, 0, b * t - 1)]))
+    return {"orm": jnp.where(last >= 0, p, 0.0)}
   ends = batch["step_end"].reshape(b * t) > 0
   (pos,) = jnp.nonzero(ends, size=max_steps, fill_value=-1)
   used = pos >= 0
   step_solution = jnp.where(used, sol[jnp.clip(pos, 0)], -1)
-  probs = step_ok_probability(model.head(flat[jnp.clip(pos, 0)]), neutral_is_positive)
+  probs = model.ok_probability(model.head(flat[jnp.clip(pos, 0)]), neutral_is_positive)
   probs = jnp.where(used, probs, 0.0)
-  out = {m: aggregate_step_scores(probs, step_solution, max_solutions, m) for m in METHODS}
+  out = {m: aggregate_step_scores(probs, step_solution, max_solutions, m)
+         for m in METHODS + (LOG_PROD,)}
   out.update(step_probs=probs, step_solution=step_solution)
   return out
 
@@ -103,29 +103,39 @@ class PackedBatch:
 
 
 def pack_for_scoring(encoded: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int, rows: int,
-                     pack: bool = True) -> list[PackedBatch]:
+                     pack: bool = True, max_steps: int | None = None,
+                     max_solutions: int | None = None) -> list[PackedBatch]:
   """Packs (tokens, step_ends) of many solutions into batches of `rows` x `seq_len`.
 
-  Longest-first first-fit when `pack`, else one solution per row. Batch-local solution ids follow
-  the input order within the batch, so results map back through `solution_index`.
+  Longest-first first-fit when `pack`, else one solution per row. A batch never holds more than
+  `max_steps` step ends or `max_solutions` solutions (the scorer's static sizes): the next one
+  starts a new batch, so no step is ever dropped. Batch-local solution ids follow the input order
+  within the batch, so results map back through `solution_index`.
   """
   order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0])) if pack else list(
       range(len(encoded)))
   batches, cur_rows, fill = [], [], []
+  steps_in, sols_in = 0, 0
   for i in order:
-    n = len(encoded[i][0])
+    n, k = len(encoded[i][0]), len(encoded[i][1])
     if n > seq_len:
       raise ValueError(f"solution {i} has {n} tokens > seq_len={seq_len}; truncate it first")
-    slot = next((r for r, f in enumerate(fill) if f + n <= seq_len), None) if pack else None
+    if max_steps is not None and k > max_steps:
+      raise ValueError(f"solution {i} has {k} step ends > the scorer's {max_steps} per batch")
+    full = (max_steps is not None and steps_in + k > max_steps) or (
+        max_solutions is not None and sols_in + 1 > max_solutions)
+    slot = next((r for r, f in enumerate(fill) if f + n <= seq_len), None) if (
+        pack and not full) else None
     if slot is None:
-      if len(cur_rows) == rows:
+      if len(cur_rows) == rows or full:
         batches.append(cur_rows)
-        cur_rows, fill = [], []
+        cur_rows, fill, steps_in, sols_in = [], [], 0, 0
       cur_rows.append([])
       fill.append(0)
       slot = len(cur_rows) - 1
     cur_rows[slot].append(i)
     fill[slot] += n
+    steps_in, sols_in = steps_in + k, sols_in + 1
   if cur_rows:
     batches.append(cur_rows)
   out = []
@@ -160,7 +170,8 @@ class Scorer:
       scorer = Scorer(model, tokenizer, config)      # a RewardModel in memory
       scored = list(scorer.score(solutions))         # same records, in order, with `scores` filled
 
-  PRM scores: `prm` (product), `prm_min`, `prm_last`, `prm_steps` (per-step P(ok)); ORM: `orm`.
+  PRM scores: `prm` (product), `prm_log` (its log, which never underflows), `prm_min`, `prm_last`,
+  `prm_steps` (per-step P(ok)); ORM: `orm`. Solutions are encoded in the run's step format.
   Solutions longer than `score.seq_len` are scored on the whole steps that fit (`meta.scored_steps`).
   Settings come from `config.score`; P(ok) counts a neutral step as ok when
   `score.neutral_is_positive` says so, by default what the run was trained with
@@ -182,14 +193,16 @@ class Scorer:
     self.neutral_is_positive = bool(config.train.neutral_is_positive if nip is None else nip)
     div = sharding.batch_divisor(self.mesh, rules)
     self.rows = max(div, sc.rows - sc.rows % div)
-    self.seq_len, self.chunk = sc.seq_len, sc.chunk
+    self.seq_len, self.chunk, self.pack = sc.seq_len, sc.chunk, bool(sc.get("pack", True))
     graphdef, params = nnx.split(model)
     param_sh = sharding.state_shardings(params, self.mesh, rules)
     self.params = jax.device_put(params, param_sh)
     self._row = sharding.logical_sharding(("batch", None), (self.rows, self.seq_len), self.mesh,
                                           rules)
-    # every solution and step takes >= 2 tokens (text + newline), which bounds the static sizes
-    cap = self.rows * self.seq_len // 2
+    self.format = StepFormat.from_config(config.get("format"))
+    self.format.check(tokenizer)
+    # static sizes of the step gather; pack_for_scoring never puts more into one batch
+    self.cap = cap = max(1, self.rows * self.seq_len // 2)
     replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self._fn = sharding.jit_apply(
         lambda m, b: score_packed(m, b, cap, cap, self.neutral_is_positive), graphdef, param_sh,
@@ -204,17 +217,20 @@ class Scorer:
     from prm_jax.runs import Run
     config = config if config is not None else base.get_config()
     mesh, rules = sharding.make_mesh(config.mesh), tuple(config.rules)
-    run = Run.open(spec, mesh, rules).require("scoring", "orm", "prm")
+    sc = config.score
+    run = Run.open(spec, mesh, rules, reward=sc.get("convention") or None,
+                   good_bad=(sc.get("good_token", "+"), sc.get("bad_token", "-")),
+                   **Run.holding(spec, config)).require("scoring", "orm", "prm")
     trained = run.train_config.get("neutral_is_positive")
     if trained is not None:
       config = derive(config, {"train.neutral_is_positive": bool(trained)})
-    return cls(run.model, run.tokenizer, config, mesh, rules)
+    return cls(run.model, run.tokenizer, run.with_format(config), mesh, rules)
 
   def _score_chunk(self, sols):
     from prm_jax import sharding
-    from prm_jax.tokenizer import encode_solution
-    enc = [encode_solution(self.tok, s.problem, s.steps, max_len=self.seq_len) for s in sols]
-    for pb in pack_for_scoring([(e.tokens, e.step_ends) for e in enc], self.seq_len, self.rows):
+    enc = [self.format.encode(self.tok, s.problem, s.steps, max_len=self.seq_len) for s in sols]
+    for pb in pack_for_scoring([(e.tokens, e.step_ends) for e in enc], self.seq_len, self.rows,
+                               self.pack, max_steps=self.cap, max_solutions=self.cap):
       batch = {k: sharding.put_global(v, self._row) for k, v in pb.arrays.items()}
       out = {k: sharding.to_host(v) for k, v in self._fn(self.params, batch).items()}
       for k, i in enumerate(pb.solution_index):
@@ -224,8 +240,9 @@ class Scorer:
           scores["orm"] = float(out["orm"][k])
         else:
           steps = out["step_probs"][out["step_solution"] == k]
-          scores.update(prm=float(out["prod"][k]), prm_min=float(out["min"][k]),
-                        prm_last=float(out["last"][k]), prm_steps=[float(x) for x in steps])
+          scores.update(prm=float(out["prod"][k]), prm_log=float(out[LOG_PROD][k]),
+                        prm_min=float(out["min"][k]), prm_last=float(out["last"][k]),
+                        prm_steps=[float(x) for x in steps])
         meta = dict(s.meta, scored_steps=len(s.steps) - e.truncated_steps) if (
             e.truncated_steps) else s.meta
         sols[i] = dataclasses.replace(s, scores=scores, meta=meta)

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from prm_jax.active_learning import ActiveLearning, select_uniform
+from prm_jax.active_learning import (ActiveLearning, select_convincing_wrong_answers,
+                                     select_uniform)
 from prm_jax.data import synthetic
 from prm_jax.records import Solution, read_solutions, write_jsonl
 from tests.conftest import ROOT, tiny_train_config
@@ -71,14 +72,16 @@ def test_active_generation_picks_convincing_wrong_answers_from_the_shared_pool(r
     keys = [(s.problem_id, tuple(s.steps)) for s in picked]
     assert set(keys) <= pool_keys and not set(keys) & gen0 and len(set(keys)) == len(keys)
   assert all(s.scores and "prm" in s.scores for s in active)  # ranked by generation 0's PRM
+  quota, available = round(0.8 * 16), 0  # the wrong-answer share is of the whole budget
   for pid in {s.problem_id for s in pool}:
     fresh = {tuple(s.steps): s for s in pool if s.problem_id == pid and (pid, tuple(s.steps)) not in gen0}
     wrong = sum(s.is_correct is False and s.answer is not None for s in fresh.values())
+    available += min(k, wrong)
     mine = [s for s in active if s.problem_id == pid]
     assert len(mine) == min(k, len(fresh))
-    assert sum(s.is_correct is False for s in mine) >= min(round(0.8 * k), wrong)
     scored_wrong = sorted((s.scores["prm"] for s in mine if s.is_correct is False), reverse=True)
     assert scored_wrong == sorted(scored_wrong, reverse=True)
+  assert sum(s.is_correct is False for s in active) >= min(quota, available)
 
 
 def test_resume_redoes_only_the_unfinished_generation(run, synthetic_generator):
@@ -91,7 +94,8 @@ def test_resume_redoes_only_the_unfinished_generation(run, synthetic_generator):
                          log=lambda _: None).run()
   assert os.path.getmtime(out / "active" / "gen1" / "eval.json") == kept
   assert (out / "uniform" / "gen1" / "prm" / "params").is_dir()
-  assert again["strategies"]["active"] == summary["strategies"]["active"]
+  same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN == NaN
+  assert same(again["strategies"]["active"], summary["strategies"]["active"])
   u0, u1 = summary["strategies"]["uniform"][1], again["strategies"]["uniform"][1]
   assert u1["labelled_total"] == u0["labelled_total"]  # same selection and labels, retrained
 
@@ -129,3 +133,39 @@ def test_uniform_selection_is_seeded_and_distinct():
   assert [s.steps for s in a] == [s.steps for s in b]
   assert len(a) == 6 and all(len({tuple(s.steps) for s in a if s.problem_id == p}) == 2
                              for p in ("p0", "p1", "p2"))
+
+
+def _scored_pool(problems: int, right: int, wrong: int):
+  """Per problem: `right` right answers scored above `wrong` distinct wrong answers."""
+  out = []
+  for p in range(problems):
+    for j in range(right + wrong):
+      ok = j < right
+      out.append(Solution(problem_id=f"p{p}", problem="x", steps=[f"s{j}"], answer=str(j),
+                          is_correct=ok, scores={"prm": (0.9 if ok else 0.5) - 0.01 * j}))
+  return out
+
+
+@pytest.mark.parametrize("k,problems", [(1, 10), (2, 10), (3, 7), (4, 5)])
+def test_wrong_answer_share_is_of_the_whole_budget_at_small_k(k, problems):
+  """The paper's 80/20 split, at 2 per problem: 16 of 20 wrong, not round(1.6) = 2 of 2 each."""
+  pool = _scored_pool(problems, right=4, wrong=4)
+  got = select_convincing_wrong_answers(pool, k, frac_wrong=0.8)
+  assert len(got) == k * problems
+  assert sum(s.is_correct is False for s in got) == round(0.8 * k * problems)
+  for p in range(problems):
+    mine = [s for s in got if s.problem_id == f"p{p}"]
+    assert len(mine) == k
+    wrong = sorted((s for s in mine if not s.is_correct), key=lambda s: -s.scores["prm"])
+    all_wrong = [s for s in pool if s.problem_id == f"p{p}" and not s.is_correct]
+    assert [s.steps for s in wrong] == [s.steps for s in all_wrong[:len(wrong)]]  # the top ones
+  per = [sum(not s.is_correct for s in got if s.problem_id == f"p{p}") for p in range(problems)]
+  assert max(per) - min(per) <= 1  # spread evenly
+
+
+def test_wrong_answer_quota_moves_to_problems_that_have_wrong_answers():
+  pool = _scored_pool(2, right=4, wrong=0) + [
+      s for s in _scored_pool(4, right=4, wrong=4) if s.problem_id in ("p2", "p3")]
+  got = select_convincing_wrong_answers(pool, 2, frac_wrong=0.5)
+  assert sum(s.is_correct is False for s in got) == 4  # p2 and p3 take the quota p0, p1 cannot
+  assert all(len([s for s in got if s.problem_id == f"p{p}"]) == 2 for p in range(4))

@@ -1,6 +1,7 @@
 """`prm-jax demo` end to end on a micro config: every artefact, and report.md agrees with metrics.json."""
 
 import json
+import math
 import os
 import re
 
@@ -40,8 +41,11 @@ def test_demo_runs_the_whole_loop_and_reports_what_it_measured(tmp_path):
     cells = " | ".join(f"{100 * bon['methods'][k]['mean'][i]:.1f} ± "
                        f"{100 * bon['methods'][k]['std'][i]:.1f}" for k in bon["methods"])
     assert f"| {n} | {cells} |" in report
-  # N=1 picks a uniformly random sample: every method has the same solve rate in expectation
-  assert all(0.0 <= v["mean"][0] <= 1.0 for v in bon["methods"].values())
+  # N=1 picks one uniformly random sample: every method has the same solve rate in expectation,
+  # so the means over `trials` subsets differ by chance only (a few standard errors at most)
+  means = [v["mean"][0] for v in bon["methods"].values()]
+  se = max(v["std"][0] for v in bon["methods"].values()) / math.sqrt(bon["trials"])
+  assert max(means) - min(means) <= 4 * math.sqrt(2) * se + 1e-9, (means, se)
 
   # within-problem ranking quality, the number that predicts best-of-N, is reported for both RMs
   assert set(bon["within_problem_auroc"]) == {"prm", "orm"}

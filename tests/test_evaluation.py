@@ -149,9 +149,108 @@ def test_select_convincing_wrong_answers():
           sol("b", "1", True, prm=0.6, steps=["b2"])]
   got = select_convincing_wrong_answers(pool, k=4, frac_wrong=0.5)
   a = [s.steps[0] for s in got if s.problem_id == "a"]
-  assert sorted(a) == sorted(["x", "z", "no answer", "y"])  # 2 top wrong + 2 top others
+  # half of all 6 picks are wrong answers, and only problem a has them: 3 wrong + the top other
+  assert sorted(a) == sorted(["x", "z", "w", "no answer"])
   assert [s.steps[0] for s in got if s.problem_id == "b"] == ["b1", "b2"]  # no wrong: filled
   only_wrong = select_convincing_wrong_answers(pool, k=2, frac_wrong=1.0)
   assert [s.steps[0] for s in only_wrong if s.problem_id == "a"] == ["x", "z"]
   with pytest.raises(ValueError, match="has no scores.prm"):
     select_convincing_wrong_answers([sol("c", "1", True)], k=1)
+
+
+def _first_right_pools(num: int, m: int, seed: int, prm=None):
+  """Pools whose right answer comes first and whose wrong answers are all distinct: a tie between
+  one right and one wrong sample is what a fair vote must break without looking at the pool."""
+  rng = np.random.default_rng(seed)
+  pools, ks = [], []
+  for i in range(num):
+    k = int(rng.integers(1, 4))
+    ks.append(k)
+    answers = ["1"] * k + [str(10 + j) for j in range(m - k)]
+    sols = [sol(f"p{i}", a, a == "1", prm=prm) for a in answers]
+    pools.extend(sols)
+  return build_pools(pools), ks
+
+
+def _fair_vote(ks, m, n):
+  """P(c >= 2) + P(c = 1) / n, c = right samples among n drawn without replacement."""
+  out = []
+  for k in ks:
+    p = lambda c: math.comb(k, c) * math.comb(m - k, n - c) / math.comb(m, n)
+    out.append(1 - p(0) - p(1) + p(1) / n)
+  return float(np.mean(out))
+
+
+@pytest.mark.parametrize("method", ["majority", "weighted"])
+def test_voting_breaks_ties_without_the_rest_of_the_pool(method):
+  m, ns = 8, [1, 2, 4, 8]
+  pools, ks = _first_right_pools(40, m, seed=3, prm=0.5)  # equal weights: weighted ties too
+  r = best_of_n(pools, ns, trials=2000, seed=0)
+  for i, n in enumerate(ns):
+    # 2000 trials over 40 problems: the mean's standard error is below 0.003
+    assert r["methods"][method]["mean"][i] == pytest.approx(_fair_vote(ks, m, n), abs=0.012), n
+
+
+def test_prm_ranks_by_log_score_when_products_underflow():
+  """Long solutions' products underflow to 0.0 and tie; `prm_log` still orders them."""
+  sols = []
+  for i in range(30):
+    for j, right in enumerate([False, True, False]):
+      s = sol(f"p{i}", str(j), right, prm=0.0)
+      s.scores["prm_log"] = -900.0 + (50.0 if right else -float(j))
+      sols.append(s)
+  sols.append(sol("q", "9", True, prm=0.0))
+  sols[-1].scores["prm_log"] = float("-inf")  # a step with P(ok) = 0
+  sols.append(sol("q", "8", False, prm=0.0))
+  sols[-1].scores["prm_log"] = -5.0
+  r = best_of_n(build_pools(sols), [3], trials=20, seed=0)
+  assert r["methods"]["prm"]["mean"] == [pytest.approx(30 / 31)]
+  assert r["within_problem_auroc"]["prm"] == {"mean": pytest.approx(30 / 31), "problems": 31}
+
+
+def test_group_answers_compares_each_normal_form_once(monkeypatch):
+  from prm_jax import grading
+  calls = []
+  real = grading.grade_answer
+  monkeypatch.setattr(grading, "grade_answer", lambda *a, **k: calls.append(a) or real(*a, **k))
+  answers = [str(v) for v in range(150)] * 4 + ["0.5", "\\frac12", "1/2", "x=0.5", None]
+  g = group_answers(answers)
+  assert g[:150].tolist() == list(range(150)) and (g[150:600] == g[:450]).all()
+  assert len(set(g[600:604].tolist())) == 1 and g[604] == -1
+  assert len(calls) < 20  # distinct numbers never reach the symbolic check (today: ~11,000)
+
+
+def test_process_eval_reports_nan_with_a_reason():
+  sols = [sol(f"p{i}", "1", True, steps=["a", "b"], labels=[1, 1], prm_steps=[0.9, 0.8])
+          for i in range(6)]
+  r = process_eval(sols, dev_fraction=0.999)  # every problem lands in dev: no test split
+  assert math.isnan(r["test"]["f1"]) and r["num_test"] == 0
+  assert "test split" in r["test"]["reason"]
+  only_ok = processbench_f1([-1, -1], [-1, -1])  # no erroneous solution: F1 is undefined
+  assert math.isnan(only_ok["f1"]) and "erroneous" in only_ok["reason"]
+  assert processbench_f1([1, -1], [0, -1])["f1"] == 0.0  # defined and zero stays zero
+
+
+def test_bon_eval_pads_pools_to_eval_pool_size(tmp_path):
+  """eval.py pads every pool to 1860; `eval.pool_size` does the same (0: the largest pool)."""
+  scored = FIXTURES / "prm800k" / "scored_test_sample.thirdparty_example.jsonl"
+  src = json.loads(scored.read_text())
+  src.pop("answer")  # some released files name it `given_answer`, as eval.py reads it
+  rows = [json.dumps(dict(src, prm_score=0.1 * k, orm_score=0.5, is_correct=k == 0,
+                          given_answer=str(k))) for k in range(4)]
+  inp = tmp_path / "scored.jsonl"
+  inp.write_text("\n".join(rows) + "\n")
+  out = tmp_path / "bon"
+  p = subprocess.run([PRM_JAX, "bon-eval", f"--input={inp}", f"--output={out}",
+                      "--config.eval.n=1,4", "--config.eval.trials=4000",
+                      "--config.eval.pool_size=16", "--config.seed=0"],
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  bon = json.loads((out / "bon.json").read_text())
+  assert bon["pool_size"] == 16
+  # one right answer among 16 entries (12 discarded): N=1 finds it 1/16 of the time, and majority
+  # sees the four distinct `given_answer`s (not four missing answers)
+  assert bon["methods"]["majority"]["mean"][0] == pytest.approx(1 / 16, abs=0.015)
+  # N=4: each drawn answer is a one-vote tie, broken uniformly: P(any drawn) / 4 answers
+  some = 1 - math.comb(12, 4) / math.comb(16, 4)
+  assert bon["methods"]["majority"]["mean"][1] == pytest.approx(some / 4, abs=0.015)

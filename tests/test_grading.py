@@ -15,7 +15,10 @@ MATH_SAMPLE = ROOT.parent / "shared" / "data" / "prm800k" / "math_test.sample.js
 SHIPPED_MATH = ROOT / "tests" / "fixtures" / "math_test.sample.jsonl"
 
 T, F = True, False
-# (given, truth, expected) — each reasoned from the prm800k grading conventions.
+# (given, truth, expected) — each reasoned from the prm800k grading conventions. grader.py's
+# rules apply: an integer truth needs an integer given (so `\\sqrt{4}`, `6 \\times 7`, `5!`, `2^{10}`
+# are wrong for 2, 42, 120, 1024), and more than two unknown letters (`2\\pi r`: p, i, r) or a
+# compound exponent (`x^{1/2}`) are never evaluated.
 CASES = [
     # --- integers, signs, integral floats
     ("5", "5", T), ("5", "6", F), ("-3", "-3", T), ("-3", "3", F), ("6.0", "6", T), ("6.00", "6", T),
@@ -34,14 +37,14 @@ CASES = [
     # --- radicals
     ("\\sqrt{2}", "\\sqrt2", T), ("\\sqrt{8}", "2\\sqrt{2}", T), ("2\\sqrt2", "\\sqrt{8}", T),
     ("3\\sqrt{2}", "\\sqrt{18}", T), ("\\sqrt{18}", "3\\sqrt{3}", F), ("\\sqrt[3]{2}", "\\sqrt{2}", F),
-    ("\\sqrt[3]{8}", "2", T), ("\\sqrt[3]{16}", "2\\sqrt[3]{2}", T), ("\\frac{\\sqrt{3}}{2}", "\\frac{1}{2}\\sqrt{3}", T),
+    ("\\sqrt[3]{8}", "2", F), ("\\sqrt[3]{16}", "2\\sqrt[3]{2}", T), ("\\frac{\\sqrt{3}}{2}", "\\frac{1}{2}\\sqrt{3}", T),
     ("\\frac{\\sqrt3}{3}", "\\frac{1}{\\sqrt3}", T), ("\\frac{\\sqrt{2}}{2}", "\\frac{\\sqrt{3}}{2}", F),
     ("\\sqrt{2}", "1.41421356", F), ("1+\\sqrt{5}", "\\sqrt5+1", T), ("\\frac{1+\\sqrt5}{2}", "\\frac{1-\\sqrt5}{2}", F),
-    ("\\sqrt{x}", "x^{1/2}", T), ("\\sqrt{4}", "2", T),
+    ("\\sqrt{x}", "x^{1/2}", F), ("\\sqrt{4}", "2", F),
     # --- pi
     ("\\pi", "\\pi", T), ("2\\pi", "2 \\pi", T), ("\\pi", "3.14", F), ("\\pi", "3.14159", F),
     ("\\frac{\\pi}{2}", "\\frac12\\pi", T), ("\\frac{\\pi}{2}", "\\pi/2", T), ("4\\pi", "\\pi", F),
-    ("36\\pi", "36 \\pi", T), ("\\frac{3\\pi}{4}", "\\frac{3}{4}\\pi", T), ("2\\pi r", "2r\\pi", T),
+    ("36\\pi", "36 \\pi", T), ("\\frac{3\\pi}{4}", "\\frac{3}{4}\\pi", T), ("2\\pi r", "2r\\pi", F),
     # --- degrees
     ("30^\\circ", "30", T), ("30^{\\circ}", "30", T), ("30°", "30", T), ("30", "30^\\circ", T),
     ("45^\\circ", "30^\\circ", F), ("30 degrees", "30", T), ("120^\\circ", "\\frac{2\\pi}{3}", F),
@@ -77,7 +80,7 @@ CASES = [
     ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", T),
     ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{pmatrix}1&2\\\\4&3\\end{pmatrix}", F),
     ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1&2\\end{pmatrix}", F),
-    ("\\begin{bmatrix} -1 \\\\ \\sqrt{4} \\end{bmatrix}", "\\begin{pmatrix}-1\\\\2\\end{pmatrix}", T),
+    ("\\begin{bmatrix} -1 \\\\ \\sqrt{4} \\end{bmatrix}", "\\begin{pmatrix}-1\\\\2\\end{pmatrix}", F),
     # --- x= prefixes (<= 2 characters of left-hand side)
     ("x=5", "5", T), ("x = 5", "5", T), ("y=2x+3", "2x+3", T), ("k=4", "5", F), ("5", "x=5", T),
     ("ab=6", "6", T), ("abc=6", "6", F), ("x=\\frac{1}{2}", "\\frac12", T),
@@ -94,9 +97,9 @@ CASES = [
     ("3x^2", "3x^{2}", T), ("x^3", "x^2", F), ("a^2b", "ba^2", T), ("\\frac{1}{x}", "x^{-1}", T),
     ("7i - 2", "-2+7i", T), ("3+4i", "4i+3", T), ("3-4i", "3+4i", F), ("2xy", "2yx", T),
     ("x^2 + y^2", "y^2+x^2", T), ("(x-2)^2", "x^2-4x+4", T), ("(x-2)^2", "x^2-4", F),
-    ("\\frac{3x}{4}", "\\frac34x", T), ("10x", "10 \\cdot x", T), ("6 \\times 7", "42", T), ("3\\cdot 4", "12", T),
+    ("\\frac{3x}{4}", "\\frac34x", T), ("10x", "10 \\cdot x", T), ("6 \\times 7", "42", F), ("3\\cdot 4", "12", F),
     # --- factorials and powers
-    ("5!", "120", T), ("2^{10}", "1024", T), ("2^{10}", "1000", F), ("10^{3}", "1000", T),
+    ("5!", "120", F), ("2^{10}", "1024", F), ("2^{10}", "1000", F), ("10^{3}", "1000", F),
     # --- near misses
     ("0.1", "0.10", T), ("0.1", "0.01", F), ("12", "21", F), ("100", "1000", F), ("-5", "5", F),
     ("\\frac{5}{6}", "\\frac{6}{5}", F), ("3\\sqrt{5}", "5\\sqrt{3}", F), ("\\infty", "-\\infty", F),
@@ -171,3 +174,187 @@ def test_pathological_expressions_return_false_quickly():
     t = time.perf_counter()
     assert grade_answer(given, "1") is False
     assert time.perf_counter() - t < 2.5, given
+
+
+# (given, truth, what openai/prm800k's grading/grader.py returns), measured by running grader.py
+# (with pylatexenc) on each pair: its integer rule, unknown-letter guard, exponent guards and exact
+# equality, with controls on both sides of each rule.
+GRADER_PY_CASES = [
+    ('\\sqrt{25}', '5', False),
+    ('\\sqrt{4}', '2', False),
+    ('\\frac{10}{2}', '5', False),
+    ('4/2', '2', False),
+    ('2+3', '5', False),
+    ('5.0', '5', True),
+    ('5.00', '5', True),
+    ('10', '10.0', True),
+    ('1,000', '1000', True),
+    ('-7', '-7.0', True),
+    ('3', '\\frac{6}{2}', False),
+    ('5', '\\sqrt{25}', False),
+    ('\\pi', '3', False),
+    ('3\\cdot 4', '12', False),
+    ('e^0', '1', False),
+    ('2.5', '\\frac52', True),
+    ('\\frac{5}{2}', '2.5', True),
+    ('0.25', '\\frac14', True),
+    ('1.25', '\\frac{5}{4}', True),
+    ('ACB', 'ABC', False),
+    ('abc', 'cab', False),
+    ('BAC', 'ABC', False),
+    ('ab', 'ba', True),
+    ('xy', 'yx', True),
+    ('x+y+z', 'z+y+x', False),
+    ('2ab', '2ba', True),
+    ('a+b', 'b+a', True),
+    ('a-b', 'b-a', False),
+    ('\\text{ABC}', 'ABC', True),
+    ('\\text{(B)}', 'B', True),
+    ('x^2y', 'yx^2', True),
+    ('xyz', 'xyz', True),
+    ('2x+y', 'y+2x', True),
+    ('x^10+x', 'x+x^10', False),
+    ('x^{10}+x', 'x+x^{10}', False),
+    ('2^{10}', '1024', False),
+    ('x^{2}+1', '1+x^2', True),
+    ('x^2+1', '1+x^2', True),
+    ('(x+1)^2', 'x^2+2x+1', True),
+    ('x^(2)', 'x^2', False),
+    ('x^{-1}', '\\frac{1}{x}', True),
+    ('x^3-x', 'x(x-1)(x+1)', True),
+    ('2^2^2', '16', False),
+    ('x^{1/2}', '\\sqrt{x}', False),
+    ('3^4', '81', False),
+    ('y^3+y', 'y+y^3', True),
+    ('1.4142135624', '\\sqrt{2}', False),
+    ('3.14159265', '\\pi', False),
+    ('0.3333333333', '\\frac13', False),
+    ('0.5', '\\frac12', True),
+    ('\\sqrt{8}', '2\\sqrt2', True),
+    ('\\frac{\\sqrt2}{2}', '\\frac{1}{\\sqrt2}', True),
+    ('2\\sqrt{3}', '\\sqrt{12}', True),
+    ('1+\\sqrt3', '\\sqrt3+1', True),
+    ('\\frac{1}{2}+\\frac{1}{3}', '\\frac56', True),
+    ('\\sqrt{2}+\\sqrt{2}', '2\\sqrt2', True),
+    ('\\frac{3}{\\sqrt{3}}', '\\sqrt3', True),
+    ('0.1+0.2', '0.3', False),
+    ('\\frac{2}{4}', '\\frac12', False),
+    ('2/4', '1/2', False),
+    ('\\frac{3}{9}', '\\frac{1}{3}', False),
+    ('\\frac{1}{3}', '\\frac{1}{3}', True),
+    ('-\\frac{2}{3}', '\\frac{-2}{3}', True),
+    ('\\frac{4}{3}', '\\frac{3}{4}', False),
+    ('(1,2)', '(1,2)', True),
+    ('(2,1)', '(1,2)', False),
+    ('(1,2)', '[1,2]', False),
+    ('(1,2,3)', '(1,2)', False),
+    ('(\\frac12,3)', '(0.5,3)', True),
+    ('(\\sqrt4,1)', '(2,1)', False),
+    ('[0,1)', '[0,1)', True),
+    ('(0,1]', '[0,1]', False),
+    ('\\$5', '5', True),
+    ('50\\%', '50', True),
+    ('10\\text{ cm}', '10', True),
+    ('x=3', '3', True),
+    ('\\text{Monday}', 'Monday', True),
+    ('7 3/4', '\\frac{31}{4}', True),
+    ('\\dfrac{3}{4}', '\\frac34', True),
+    ('90^\\circ', '90', True),
+    ('1,234', '1234', True),
+    ('5', '6', False),
+    ('-2', '2', False),
+    ('\\infty', '\\infty', True),
+    ('12', '12', True),
+    ('2\\pi', '\\pi2', False),
+    ('4\\pi', '4\\pi', True),
+    ('\\frac{\\pi}{3}', '\\frac13\\pi', True),
+    ('\\sqrt[3]{2}', '\\sqrt{2}', True),
+    ('\\sqrt[3]{16}', '2\\sqrt[3]{2}', False),
+    ('x+\\frac12', '\\frac{x+1}{2}', True),
+    ('\\frac{x+1}{2}', '\\frac{x}{2}+\\frac12', False),
+    ('\\frac{3x}{4}', '\\frac34x', False),
+    ('30°', '30', False),
+    ('\\begin{pmatrix} 0.5 \\\\ 2 \\end{pmatrix}',
+     '\\begin{pmatrix}\\frac12\\\\2\\end{pmatrix}', False),
+]
+# Where grader.py is wrong and this grader is right on purpose: latex2text renders `\\frac{x+1}{2}`
+# as `x+1/2` and both roots as the same symbol, sympy reads `0.1` as a float and `pi2` as a name.
+GRADER_PY_WRONG = {
+    ("0.1+0.2", "0.3"): "float arithmetic: 0.1 + 0.2 - 0.3 is 5.6e-17, not 0",
+    ("2\\pi", "\\pi2"): "`pi2` parsed as one symbol",
+    ("\\sqrt[3]{2}", "\\sqrt{2}"): "the root's index is lost",
+    ("\\sqrt[3]{16}", "2\\sqrt[3]{2}"): "the cube root cannot be parsed back",
+    ("x+\\frac12", "\\frac{x+1}{2}"): "`\\frac{x+1}{2}` rendered without parentheses",
+    ("\\frac{x+1}{2}", "\\frac{x}{2}+\\frac12"): "`\\frac{x+1}{2}` rendered without parentheses",
+    ("\\frac{3x}{4}", "\\frac34x"): "`3/4x` read as 3/(4x)",
+    ("30°", "30"): "the degree sign is not normalised (`30^\\circ` is)",
+    ("\\begin{pmatrix} 0.5 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}\\frac12\\\\2\\end{pmatrix}"):
+        "matrices compared as text, not element by element",
+}
+
+
+@pytest.mark.parametrize("given,truth,grader_py", GRADER_PY_CASES,
+                         ids=[f"{i}" for i in range(len(GRADER_PY_CASES))])
+def test_agrees_with_grader_py(given, truth, grader_py):
+  want = (not grader_py) if (given, truth) in GRADER_PY_WRONG else grader_py
+  assert grade_answer(given, truth) is want, (given, truth, grader_py)
+
+
+def test_grader_py_agreement_count():
+  agree = sum(grade_answer(g, t) is w for g, t, w in GRADER_PY_CASES)
+  assert len(GRADER_PY_CASES) >= 90
+  assert agree == len(GRADER_PY_CASES) - len(GRADER_PY_WRONG), agree
+  assert all((g, t) in {(a, b) for a, b, _ in GRADER_PY_CASES} for g, t in GRADER_PY_WRONG)
+
+
+def _in_thread(fn, limit_s):
+  """Runs fn() on a worker thread; (finished, result, seconds)."""
+  import threading
+  out = {}
+  t0 = time.perf_counter()
+  th = threading.Thread(target=lambda: out.update(r=fn()), daemon=True)
+  th.start()
+  th.join(limit_s)
+  return not th.is_alive(), out.get("r"), time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("mode,inner", [("prm800k", "_grade_prm800k"),
+                                        ("math_verify", "_grade_math_verify")])
+def test_time_bound_holds_off_the_main_thread(monkeypatch, mode, inner):
+  import threading
+  from prm_jax import grading
+  stop = threading.Event()
+
+  def endless(*_):  # pure Python that never finishes, as a sympy blow-up would
+    step = lambda i: i + 1
+    i = 0
+    while not stop.is_set():
+      i = step(i)
+    return True
+  monkeypatch.setattr(grading, inner, endless)
+  try:
+    done, result, seconds = _in_thread(lambda: grade_answer("1", "1", mode=mode), 6.0)
+  finally:
+    stop.set()
+  assert done and result is False and seconds < grading.TIME_LIMIT_S + 1.0
+
+
+def test_grading_off_the_main_thread_still_grades():
+  for mode in ("prm800k", "math_verify"):
+    done, result, _ = _in_thread(lambda: grade_answer("\\frac{1}{2}", "0.5", mode=mode), 30.0)
+    assert done and result is True, mode
+    done, result, _ = _in_thread(lambda: grade_answer("3", "4", mode=mode), 30.0)
+    assert done and result is False, mode
+
+
+def test_math_verify_gets_a_timeout_on_the_main_thread(monkeypatch):
+  import math_verify
+  seen = []
+  real_parse, real_verify = math_verify.parse, math_verify.verify
+  monkeypatch.setattr(math_verify, "parse", lambda *a, **k: seen.append(
+      ("parse", k.get("parsing_timeout"))) or real_parse(*a, **k))
+  monkeypatch.setattr(math_verify, "verify", lambda *a, **k: seen.append(
+      ("verify", k.get("timeout_seconds"))) or real_verify(*a, **k))
+  assert grade_answer("\\frac{1}{2}", "0.5", mode="math_verify") is True
+  assert [name for name, _ in seen] == ["parse", "parse", "verify"]
+  assert all(t is not None and 0 < t <= 5 for _, t in seen), seen

@@ -148,3 +148,19 @@ def test_processes_read_disjoint_shards(built, tok):
   assert rows(process_index=0, process_count=2) != rows(process_index=1, process_count=2)
   with pytest.raises(ValueError, match="not divisible by 2 processes"):
     make_dataset(recs, tok, seq_len=64, global_batch=3, process_count=2)
+
+
+def test_tfds_training_source_expands_rated_alternatives(built):
+  """`train.expand_alternatives` holds for `tfds:prm800k/...` as for a JSONL file: phase 2's rated
+  alternatives are training examples too."""
+  import pathlib
+  from prm_jax.train.loop import load_records
+  data_dir = str(pathlib.Path(built[0].data_dir).parents[1])
+  path = str(FIXTURES / "prm800k" / "phase2_train.thirdparty_examples.jsonl")
+  want = sorted(json.dumps(s.to_dict()) for s in expand_alternatives(read_prm800k(path)))
+  assert len(want) > 9  # the fixture has rated alternatives
+  records, decode = load_records("tfds:prm800k/phase2_train", True, data_dir)
+  got = [(decode or (lambda r: r))(records[i]) for i in range(len(records))]
+  assert sorted(json.dumps(s.to_dict()) for s in got) == want
+  records, decode = load_records("tfds:prm800k/phase2_train", False, data_dir)
+  assert len(records) == 9 and decode is decode_solution

@@ -58,7 +58,9 @@ def test_phase2_found_error_stops_at_first_negative():
     # the answer: from the steps when the erroneous step is the answer line, else pre-generated
     assert s.answer == row["question"]["pre_generated_answer"]
     assert s.meta["answer_source"] == ("steps" if "# Answer" in s.steps[-1] else "pre_generated")
-  assert [s.is_correct for s in sols] == [False] * 9
+    # a walk cut before its answer has no outcome: the pre-generated answer ends steps not kept
+    assert s.is_correct is (None if s.meta["answer_source"] == "pre_generated" else False)
+  assert any(s.is_correct is None for s in sols)
 
 
 def test_expand_alternatives_yields_rated_prefix_examples():
@@ -68,7 +70,9 @@ def test_expand_alternatives_yields_rated_prefix_examples():
   for alt, meta in zip(out[1:], sol.meta["alternatives"]):
     j = meta["step_index"]
     assert alt.steps[:j] == sol.steps[:j] and alt.steps[j] == meta["text"]
-    assert alt.step_labels == sol.step_labels[:j] + [meta["rating"]]
+    # the prefix is already counted once, in `sol`: only the alternative step is labelled here
+    assert alt.step_labels == [None] * j + [meta["rating"]]
+  assert any(a["step_index"] > 0 for a in sol.meta["alternatives"])  # a prefix to leave unlabelled
 
 
 def edited(row, fn):
@@ -131,3 +135,12 @@ def test_scored_samples_reader_and_any_format():
   assert 0 <= s.scores["orm"] <= 1
   kinds = [x.meta["source"] for p in (P1, SCORED) for x in read_any_solutions(str(p))]
   assert kinds == ["prm800k"] * 3 + ["scored-samples"]
+
+
+def test_scored_samples_read_given_answer_when_answer_is_absent():
+  row = rows(SCORED)[0]
+  truth = row.pop("answer")
+  from prm_jax.data.prm800k import parse_scored_sample
+  assert parse_scored_sample(dict(row, given_answer="5")).answer == "5"
+  assert parse_scored_sample(dict(row, answer=truth, given_answer="5")).answer == truth
+  assert parse_scored_sample(row).answer is None

@@ -18,6 +18,7 @@ from prm_jax.records import Problem, read_solutions
 from prm_jax.sampling import (SamplingConfig, Sampler, apply_top_k, apply_top_p, generate, left_pad,
                               row_keys)
 from prm_jax.scoring import Scorer
+from prm_jax.stopping import StopTables, answer_line, stop_string
 
 PRM_JAX = os.path.join(os.path.dirname(sys.executable), "prm-jax")
 
@@ -35,22 +36,26 @@ def test_top_k_and_top_p_masks():
   assert kept(apply_top_p(shuffled, 0.6)) == [[0, 0, 0, 1, 1]]
 
 
+NO_STOPS = StopTables.build([], ["x"] * 128)
+
+
 @pytest.mark.parametrize("scan", [False, True])
 def test_greedy_kv_cache_equals_full_forward_argmax(tiny_cfg, scan):
   model = CausalLM(tiny_cfg.replace(scan_layers=scan), rngs=nnx.Rngs(0))
   prompts = [[2, 10, 11, 12, 4], [2, 20, 4], [2, 30, 31, 4]]
   tok, pos = left_pad(prompts, 8, 0)
-  sc = SamplingConfig(max_new_tokens=12, temperature=0.0, eos_id=127, nl_id=126)
+  sc = SamplingConfig(max_new_tokens=12, temperature=0.0, eos_id=127, pad_id=0, banned_ids=(0, 2))
   cache = KVCache.init(model.cfg, 3, 20)
-  out, lens, _ = jax.jit(generate, static_argnums=5)(model, cache, tok, pos, row_keys(0, "abc", [0] * 3), sc)
+  out, lens, _ = jax.jit(generate, static_argnums=7)(
+      model, cache, tok, pos, row_keys(0, "abc", [0] * 3), NO_STOPS.next, NO_STOPS.accept, sc)
   full = jax.jit(lambda m, x: m(x))
   for r, p in enumerate(prompts):
     seq = list(p)
     for i in range(int(lens[r])):
       x = np.zeros((1, 24), np.int32)
       x[0, :len(seq)] = seq
-      ref = full(model, x)[0, len(seq) - 1].at[sc.pad_id].set(-jnp.inf).at[sc.bos_id].set(-jnp.inf)
-      assert int(jnp.argmax(ref)) == int(out[r, i])  # (pad and BOS are never sampled)
+      ref = full(model, x)[0, len(seq) - 1].at[0].set(-jnp.inf).at[2].set(-jnp.inf)
+      assert int(jnp.argmax(ref)) == int(out[r, i])  # (the banned pad and BOS are never sampled)
       seq.append(int(out[r, i]))
 
 
@@ -65,29 +70,53 @@ class Scripted:
     return jax.nn.one_hot(nxt, self.vocab) * 50.0, cache
 
 
-def run_script(script, sc, prompt_len=2):
+# A byte-level-BPE-like vocabulary: merged tokens hold newlines next to other characters.
+TEXTS = ["<pad>", "<unk>", "", "</s>", "\n", "# Answer", "\n\n", "42", ".\n", "x", "# Ans", "wer\n",
+         "\n\n# Answer", "\n\n7", "7\n\nmore", " y"]
+
+
+def run_script(script, sc, stops=NO_STOPS, prompt_len=2):
   cache = KVCache(jnp.zeros((1, 1, 1, 1, 2)), jnp.zeros((1, 1, 1, 1, 2)), jnp.zeros((1, 1), jnp.int32),
                   jnp.zeros((), jnp.int32))
   tok, pos = left_pad([script[:prompt_len]], prompt_len, 0)
-  out, lens, _ = jax.jit(lambda c, t, p, k: generate(Scripted(script), c, t, p, k, sc))(
-      cache, tok, pos, row_keys(0, ["x"], [0]))
+  out, lens, _ = jax.jit(lambda c, t, p, k, nx, ac: generate(Scripted(script), c, t, p, k, nx, ac, sc))(
+      cache, tok, pos, row_keys(0, ["x"], [0]), stops.next, stops.accept)
   return np.asarray(out)[0].tolist(), int(lens[0])
 
 
 def test_eos_stops_and_pads():
-  sc = SamplingConfig(max_new_tokens=8, temperature=0.0, eos_id=3, nl_id=4, pad_id=0, bos_id=2)
-  out, n = run_script([2, 4, 7, 8, 3, 9, 9, 9, 9, 9, 9], sc)
-  assert out == [7, 8, 3, 0, 0, 0, 0, 0] and n == 3
+  sc = SamplingConfig(max_new_tokens=8, temperature=0.0, eos_id=3, pad_id=0)
+  out, n = run_script([2, 4, 7, 9, 3, 9, 9, 9, 9, 9, 9], sc)
+  assert out == [7, 9, 3, 0, 0, 0, 0, 0] and n == 3
 
 
-def test_stops_after_the_answer_line():
-  # "# Answer" is tokens (5, 6); the row stops at the newline that ends the line after it
-  sc = SamplingConfig(max_new_tokens=12, temperature=0.0, eos_id=3, nl_id=4, pad_id=0, bos_id=2,
-                      answer_header=(5, 6))
-  out, n = run_script([2, 4, 7, 4, 5, 6, 4, 9, 9, 4, 7, 7, 7, 7], sc)
-  assert out[:n] == [7, 4, 5, 6, 4, 9, 9, 4] and all(t == 0 for t in out[n:])
-  out, n = run_script([2, 4, 5, 7, 4, 9, 4, 7, 7, 7, 7, 7, 7, 7], sc)  # "5 7" is not the header
-  assert n == 12
+@pytest.mark.parametrize("script, want", [
+    # "# Answer" "\n\n" "42" ".\n": stops at the newline that ends the answer line
+    ([2, 4, 9, 4, 5, 6, 7, 8, 9, 9, 9, 9, 9], [9, 4, 5, 6, 7, 8]),
+    # the header and the newlines merged into other tokens ("# Ans" "wer\n", "\n\n7")
+    ([2, 4, 9, 4, 10, 11, 13, 4, 9, 9, 9, 9], [9, 4, 10, 11, 13, 4]),
+    # the answer line ends inside one token ("7\n\nmore"): that token stops the row
+    ([2, 4, 12, 6, 14, 9, 9, 9, 9, 9, 9], [12, 6, 14]),
+])
+def test_stops_after_the_answer_line_whatever_the_merges(script, want):
+  sc = SamplingConfig(max_new_tokens=10, temperature=0.0, eos_id=3, pad_id=0)
+  stops = StopTables.build([answer_line()], TEXTS)
+  out, n = run_script(script, sc, stops)
+  assert out[:n] == want and all(t == 0 for t in out[n:])
+  text, name = stops.cut_text("".join(TEXTS[t] for t in want))
+  assert name == "answer" and text.endswith(("42.", "7"))  # the closing newline is cut
+
+
+def test_not_the_header_and_stop_strings():
+  sc = SamplingConfig(max_new_tokens=10, temperature=0.0, eos_id=3, pad_id=0)
+  # "x# Answer" is not a line reading "# Answer": no stop before max_new_tokens
+  out, n = run_script([2, 4, 9, 5, 6, 7, 8, 9, 9, 9, 9, 9, 9], sc, StopTables.build([answer_line()],
+                                                                                       TEXTS))
+  assert n == 10
+  stops = StopTables.build([stop_string("x y")], TEXTS)
+  out, n = run_script([2, 4, 7, 9, 15, 9, 9, 9, 9, 9, 9], sc, stops)
+  assert out[:n] == [7, 9, 15]
+  assert stops.cut_text("42x y x") == ("42", "stop 'x y'")
 
 
 # ----------------------------------------------------------------------------- trained checkpoints

@@ -1,4 +1,4 @@
-"""Sentencepiece training/loading and step-aware encoding."""
+"""Tokenizers: sentencepiece training/loading, Hugging Face parity against transformers' own ids."""
 
 import io
 
@@ -7,8 +7,12 @@ import pytest
 import sentencepiece as spm
 
 from prm_jax.data.math import read_math
-from prm_jax.tokenizer import IGNORE, SentencePieceTokenizer, encode_solution, train_sentencepiece
-from tests.conftest import FIXTURES
+from prm_jax.step_format import StepFormat
+from prm_jax.tokenizer import (IGNORE, HFTokenizer, SentencePieceTokenizer, load_tokenizer,
+                               train_sentencepiece)
+from tests.conftest import FIXTURES, HF_FIXTURES
+
+encode_solution = StepFormat().encode  # the default newline layout
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +77,64 @@ def test_truncation_drops_whole_steps(tok):
     encode_solution(tok, "P", steps, [1, 1])
   none = encode_solution(tok, "a long problem " * 20, steps, max_len=5)
   assert len(none.tokens) == 5 and none.truncated_steps == 3 and len(none.step_ends) == 0
+
+
+# ----------------------------------------------------------------------------- Hugging Face
+
+QWEN = HF_FIXTURES / "qwen2_bpe"  # a real byte-level BPE tokenizer.json made by scripts/make_hf_fixtures.py
+
+
+@pytest.fixture(scope="module")
+def hf():
+  return load_tokenizer(str(QWEN))
+
+
+@pytest.fixture(scope="module")
+def reference():
+  import json
+  return json.loads((QWEN / "encodings.json").read_text())
+
+
+def test_hf_encode_and_decode_equal_transformers_ids(hf, reference):
+  """Every one of the committed texts (LaTeX, unicode, `# Answer` lines, special tokens embedded in
+  text) encodes to the ids transformers gave, and those ids decode to transformers' text."""
+  texts, ids = reference["texts"], reference["ids"]
+  assert len(texts) >= 200
+  mismatched = [t for t, want in zip(texts, ids) if hf.encode(t) != want]
+  assert not mismatched, mismatched[:3]
+  assert [hf.decode(i) for i in ids] == reference["decoded"]
+  assert hf.encode(reference["chat"]) == reference["chat_ids"]
+  assert any(reference["extra_0"] in i for i in ids)  # special tokens in text become their ids
+
+
+def test_hf_special_tokens_and_chat_template(hf, reference):
+  assert isinstance(hf, HFTokenizer) and hf.vocab_size == reference["len"] == 701
+  assert (hf.eos_id, hf.pad_id, hf.bos_id, hf.adds_bos) == (
+      reference["eos_id"], reference["pad_id"], None, False)  # Qwen2: no BOS is ever added
+  assert hf.token_id("<extra_0>") == reference["extra_0"] and hf.token_id("ки") == reference["ki"]
+  assert hf.token_id("no-such-token") is None
+  chat = hf.apply_chat_template([{"role": "user", "content": "1+1?"}])
+  assert chat == "<|im_start|>user\n1+1?<|im_end|>\n"
+  texts = hf.token_texts()
+  assert len(texts) == hf.vocab_size and texts[hf.eos_id] == "<|im_end|>"
+  assert all(texts[i] == hf.decode([i]) for i in range(0, hf.vocab_size, 37))
+
+
+def test_load_tokenizer_finds_every_layout(hf, tok, tmp_path):
+  assert isinstance(load_tokenizer(str(QWEN / "tokenizer.json")), HFTokenizer)
+  run = tmp_path / "run"
+  assert hf.save_pretrained(str(run)) == str(run / "tokenizer")  # a run keeps it in tokenizer/
+  again = load_tokenizer(str(run))
+  assert again.encode("x_{n+1} = 2\n\n# Answer") == hf.encode("x_{n+1} = 2\n\n# Answer")
+  sp_run = tmp_path / "sp_run"
+  assert tok.save_pretrained(str(sp_run)).endswith("tokenizer.model")
+  assert isinstance(load_tokenizer(str(sp_run)), SentencePieceTokenizer)
+  with pytest.raises(FileNotFoundError, match="holds no tokenizer"):
+    load_tokenizer(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    load_tokenizer(str(tmp_path / "nope"))
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  (broken / "tokenizer_config.json").write_text("{}")
+  with pytest.raises(ValueError, match="not a Hugging Face tokenizer transformers can load"):
+    load_tokenizer(str(broken))

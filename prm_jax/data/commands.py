@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from prm_jax.records import ReadStats, write_jsonl
 
-FORMATS = ("auto", "prm800k", "scored-samples", "solution", "math")
+FORMATS = ("auto", "prm800k", "scored-samples", "solution", "math", "processbench", "prmbench")
 
 
 def open_records(path: str, fmt: str = "auto", skip_invalid: bool = False,
@@ -22,6 +22,13 @@ def open_records(path: str, fmt: str = "auto", skip_invalid: bool = False,
     raise ValueError(f"data.format={fmt!r}; expected one of {FORMATS}")
   if fmt == "math":
     return read_math(path, skip_invalid, stats)
+  from prm_jax.data import benchmarks
+  if fmt == "auto":
+    fmt = benchmarks.sniff(path) or fmt
+  if fmt == "processbench":
+    return benchmarks.read_processbench(path, skip_invalid, stats)
+  if fmt == "prmbench":
+    return benchmarks.read_prmbench(path, skip_invalid, stats)
   reader = {"auto": prm800k.read_any_solutions, "prm800k": prm800k.read_prm800k,
             "scored-samples": prm800k.read_scored_samples, "solution": read_solutions}[fmt]
   it = reader(path, skip_invalid=skip_invalid, stats=stats)

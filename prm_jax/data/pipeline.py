@@ -1,9 +1,9 @@
 """The grain input pipeline: records -> step-aware tokens -> packed (or padded) rows -> batches.
 
 Every example is a dict of per-token arrays, so packing treats them uniformly:
-  tokens      int32  the solution's tokens (`[BOS] problem <nl> step <nl> ... [EOS]`)
+  tokens      int32  the solution's tokens in the step format (`[BOS] problem <nl> step <nl> ... [EOS]`)
   loss_mask   int32  1 on solution tokens (what SFT learns to write), 0 on the prompt
-  step_label  int32  -1/0/1 at each step's closing newline, IGNORE elsewhere (PRM targets)
+  step_label  int32  -1/0/1 at each step's end (its newline or tag), IGNORE elsewhere (PRM targets)
   outcome     int32  1/0 (final answer correct) at the last token, IGNORE elsewhere (ORM targets)
 Packing adds `segment_ids` (0 = padding) and `positions`. The iterator's state is a small dict that
 is saved with each checkpoint, so training resumes at exactly the next example. Multi-host: each
@@ -20,7 +20,8 @@ import grain.experimental as grain_exp
 import numpy as np
 
 from prm_jax.records import Solution
-from prm_jax.tokenizer import IGNORE, Tokenizer, encode_solution
+from prm_jax.step_format import StepFormat
+from prm_jax.tokenizer import IGNORE, Tokenizer
 
 FEATURES = ("tokens", "loss_mask", "step_label", "outcome")
 PADDING = {"tokens": 0, "loss_mask": 0, "step_label": IGNORE, "outcome": IGNORE}
@@ -36,10 +37,10 @@ class PipelineStats:
   dropped_empty: int = 0
 
 
-def tokenize(tok: Tokenizer, sol: Solution, max_len: int, stats: PipelineStats | None = None
-             ) -> dict[str, np.ndarray] | None:
-  """Per-token arrays for one solution; None when not even one step fits (counted)."""
-  enc = encode_solution(tok, sol.problem, sol.steps, sol.step_labels, max_len=max_len)
+def tokenize(tok: Tokenizer, sol: Solution, max_len: int, stats: PipelineStats | None = None,
+             fmt: StepFormat | None = None) -> dict[str, np.ndarray] | None:
+  """Per-token arrays for one solution in the step format; None when not even one step fits."""
+  enc = (fmt or StepFormat()).encode(tok, sol.problem, sol.steps, sol.step_labels, max_len=max_len)
   if stats is not None:
     stats.examples += 1
     stats.truncated_steps += enc.truncated_steps
@@ -81,6 +82,7 @@ def _rename_packed(ex: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def make_dataset(records: Sequence[Any], tokenizer: Tokenizer, *, seq_len: int, global_batch: int,
+                 fmt: StepFormat | None = None,
                  seed: int = 0, decode: Callable[[Any], Solution] | None = None,
                  shuffle: bool = True, pack: bool = True, num_epochs: int | None = None,
                  process_index: int = 0, process_count: int = 1,
@@ -102,7 +104,7 @@ def make_dataset(records: Sequence[Any], tokenizer: Tokenizer, *, seq_len: int, 
   dropped_in_a_row = [0]
 
   def to_example(r):
-    ex = tokenize(tokenizer, to_solution(r), seq_len, stats)
+    ex = tokenize(tokenizer, to_solution(r), seq_len, stats, fmt)
     dropped_in_a_row[0] = 0 if ex is not None else dropped_in_a_row[0] + 1
     if dropped_in_a_row[0] > len(records):  # a whole pass without one usable example
       raise ValueError(f"no solution has even one step within seq_len={seq_len} (problem plus "

@@ -92,7 +92,11 @@ def parse_prm800k_row(row: dict[str, Any], grade: bool = True) -> Solution:
     answer, source = q["pre_generated_answer"], "pre_generated"
   truth = q.get("ground_truth_answer")
   truth = None if truth is None else str(truth)
-  is_correct = grading.grade_answer(answer, truth) if (grade and answer and truth) else None
+  # Only an answer the kept steps reach has an outcome: a walk cut at its first -1 before the
+  # answer would otherwise carry the pre-generated answer's grade on its truncated last step.
+  cut = (labels and labels[-1] == -1) or finish != "solution"
+  is_correct = (grading.grade_answer(answer, truth)
+                if (grade and answer and truth and (source == "steps" or not cut)) else None)
   meta = {"source": "prm800k", "phase": phase, "labeler": row.get("labeler"),
           "timestamp": row.get("timestamp"), "generation": generation,
           "total_time": label.get("total_time"), "alternatives": alternatives,
@@ -128,19 +132,27 @@ def read_prm800k(path: str, *, include_quality_control: bool = False,
     yield sol
 
 
+def alternative(sol: Solution, k: int) -> Solution:
+  """`sol`'s k-th rated alternative as its own truncated `Solution`: prefix + alternative step.
+
+  The prefix's labels are already counted once, in `sol`, so here it is context only.
+  """
+  alt = sol.meta["alternatives"][k]
+  j = alt["step_index"]
+  return Solution(
+      problem_id=sol.problem_id, problem=sol.problem, steps=sol.steps[:j] + [alt["text"]],
+      ground_truth_answer=sol.ground_truth_answer, step_labels=[None] * j + [alt["rating"]],
+      finish_reason=None,
+      meta={"source": "prm800k-alternative", "alternative_of": sol.meta.get("timestamp"),
+            "alternative_index": k, "phase": sol.meta.get("phase")})
+
+
 def expand_alternatives(solutions) -> Iterator[Solution]:
-  """Each solution, then one truncated `Solution` per rated alternative: prefix + alternative step."""
+  """Each solution, then one truncated `Solution` per rated alternative (see `alternative`)."""
   for sol in solutions:
     yield sol
-    labels = sol.step_labels or [None] * len(sol.steps)
-    for k, alt in enumerate(sol.meta.get("alternatives", ())):
-      j = alt["step_index"]
-      yield Solution(
-          problem_id=sol.problem_id, problem=sol.problem, steps=sol.steps[:j] + [alt["text"]],
-          ground_truth_answer=sol.ground_truth_answer, step_labels=labels[:j] + [alt["rating"]],
-          finish_reason=None,
-          meta={"source": "prm800k-alternative", "alternative_of": sol.meta.get("timestamp"),
-                "alternative_index": k, "phase": sol.meta.get("phase")})
+    for k in range(len(sol.meta.get("alternatives", ()))):
+      yield alternative(sol, k)
 
 
 def parse_scored_sample(row: dict[str, Any]) -> Solution:
@@ -174,8 +186,9 @@ def parse_scored_sample(row: dict[str, Any]) -> Solution:
   is_correct = row.get("is_correct")
   if is_correct is not None and not isinstance(is_correct, bool):
     raise ValueError("'is_correct' must be true, false or null")
+  answer = row.get("answer", row.get("given_answer"))  # eval.py reads either name
   return Solution(problem_id=str(pid), problem=row["problem"], steps=list(steps),
-                  answer=None if row.get("answer") is None else str(row["answer"]),
+                  answer=None if answer is None else str(answer),
                   ground_truth_answer=None if row.get("ground_truth_answer") is None
                   else str(row["ground_truth_answer"]),
                   is_correct=is_correct, scores=scores or None,

@@ -17,10 +17,11 @@ import json
 import os
 from typing import Iterator
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from prm_jax.data.math import read_math
-from prm_jax.data.prm800k import read_prm800k
+from prm_jax.data.prm800k import alternative, read_prm800k
 from prm_jax.records import Problem, Solution
 
 _FORMAT = tfds.core.FileFormat.ARRAY_RECORD
@@ -92,6 +93,31 @@ class MathProblems(_ManualJsonl):
 
   def read(self, path: str) -> Iterator[Problem]:
     return read_math(path)
+
+
+class ExpandedSource:
+  """A PRM800K data source with every rated alternative as an extra record (random access).
+
+  The builder stores one record per labelled walk; training with `expand_alternatives` needs the
+  alternatives too. One pass over the source indexes (record, alternative) pairs; items are
+  decoded `Solution`s, so the pipeline needs no `decode`.
+  """
+
+  def __init__(self, source):
+    self.source = source
+    index = []
+    for i in range(len(source)):
+      n = len(decode_solution(source[i]).meta.get("alternatives") or ())
+      index.extend((i, k) for k in range(-1, n))
+    self.index = np.asarray(index, np.int64).reshape(-1, 2)
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def __getitem__(self, j: int) -> Solution:
+    i, k = (int(x) for x in self.index[j])
+    sol = decode_solution(self.source[i])
+    return sol if k < 0 else alternative(sol, k)
 
 
 def decode_solution(example) -> Solution:

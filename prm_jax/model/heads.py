@@ -6,6 +6,8 @@ imported Hugging Face) checkpoint with `RewardModel.from_lm`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -48,15 +50,41 @@ class CausalLM(nnx.Module):
     return self.logits(hidden), cache
 
 
-class RewardModel(nnx.Module):
-  """Transformer + a linear head: `orm` gives one logit per token, `prm` three (neg, neutral, pos)."""
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+  """A reward head's shape and how its classes read as P(step ok).
 
-  def __init__(self, cfg: ModelConfig, kind: str, *, rngs: nnx.Rngs):
+  classes: 1 (ORM: P(correct) = sigmoid), 2 ((bad, good): P(ok) = softmax[..., 1]: TRL's token
+  classifiers, Qwen2.5-Math-PRM, an LM's (-, +) logits), 3 ((neg, neutral, pos): this project's PRM,
+  P(ok) = 1 - P(neg) when neutral counts as ok, else P(pos)). `hidden`: Qwen2.5-Math-PRM's
+  Linear(D, D) -> ReLU before the classifier.
+  """
+
+  classes: int
+  hidden: bool = False
+
+  def __post_init__(self):
+    if self.classes not in (1, 2, 3):
+      raise ValueError(f"a reward head has 1, 2 or 3 classes, not {self.classes}")
+
+
+class RewardModel(nnx.Module):
+  """Transformer + a head: `orm` gives one logit per token, `prm` 3 (neg, neutral, pos) or 2
+  (bad, good) class logits (`HeadSpec`)."""
+
+  def __init__(self, cfg: ModelConfig, kind: str, *, rngs: nnx.Rngs, spec: HeadSpec | None = None):
     if kind not in HEAD_OUTPUTS:
       raise ValueError(f"reward head kind {kind!r}; expected one of {sorted(HEAD_OUTPUTS)}")
     self.cfg, self.kind = cfg, kind
+    self.spec = spec or HeadSpec(HEAD_OUTPUTS[kind])
+    if (self.spec.classes == 1) != (kind == "orm"):
+      raise ValueError(f"a {kind} head cannot have {self.spec.classes} classes")
     self.transformer = Transformer(cfg, rngs=rngs)
-    k = HEAD_OUTPUTS[kind]
+    k = self.spec.classes
+    if self.spec.hidden:
+      self.head_w1 = param(rngs, normal(cfg.init_std), (cfg.dim, cfg.dim), ("embed", "mlp"),
+                           jnp.float32)
+      self.head_b1 = param(rngs, zeros, (cfg.dim,), ("mlp",), jnp.float32)
     self.head_w = param(rngs, normal(cfg.init_std), (cfg.dim, k), ("embed", "classes"),
                         jnp.float32)
     self.head_b = param(rngs, zeros, (k,), ("classes",), jnp.float32)
@@ -74,7 +102,20 @@ class RewardModel(nnx.Module):
 
   def head(self, hidden: jax.Array) -> jax.Array:
     """Head logits float32[..., K] for hidden states [..., D] (e.g. gathered at step ends)."""
-    return hidden.astype(jnp.float32) @ self.head_w[...] + self.head_b[...]
+    h = hidden.astype(jnp.float32)
+    if self.spec.hidden:
+      h = jax.nn.relu(h @ self.head_w1[...] + self.head_b1[...])
+    return h @ self.head_w[...] + self.head_b[...]
+
+  def ok_probability(self, logits: jax.Array, neutral_is_positive: bool = True) -> jax.Array:
+    """P(step ok) (PRM) or P(correct) (ORM) from head logits [..., K] (see `HeadSpec`)."""
+    logits = logits.astype(jnp.float32)
+    if self.spec.classes == 1:
+      return jax.nn.sigmoid(logits[..., 0])
+    probs = jax.nn.softmax(logits, axis=-1)
+    if self.spec.classes == 2:
+      return probs[..., 1]
+    return 1.0 - probs[..., 0] if neutral_is_positive else probs[..., 2]
 
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                segment_ids: jax.Array | None = None) -> jax.Array:

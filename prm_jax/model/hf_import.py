@@ -21,9 +21,24 @@ from flax import nnx
 
 from prm_jax import sharding
 from prm_jax.model.config import ModelConfig, RopeScaling
-from prm_jax.model.heads import CausalLM
+from prm_jax.model.heads import CausalLM, HeadSpec, RewardModel
 
-SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+FAMILIES = ("Llama", "Mistral", "Qwen2")
+HEADS = ("ForCausalLM", "ForTokenClassification", "ForSequenceClassification",
+         "ForProcessRewardModel")
+SUPPORTED = tuple(f + h for f in FAMILIES for h in HEADS if h != "ForProcessRewardModel") + (
+    "Qwen2ForProcessRewardModel",)
+# How a released reward model reads as P(step ok): its architecture's convention (see
+# `reward_convention`); "lm" (Math-Shepherd / RLHFlow: a causal LM's "+" vs "-" logits at the step
+# tag) is chosen in config, since a causal LM is a generator otherwise.
+CONVENTIONS = ("token_classification", "qwen_prm", "sequence_classification", "lm")
+
+
+def family_of(arch: str) -> str:
+  """'Qwen2' for 'Qwen2ForTokenClassification'; a clear error for anything unsupported."""
+  if arch not in SUPPORTED:
+    raise ValueError(f"unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED)}")
+  return next(f for f in FAMILIES if arch.startswith(f + "For"))
 
 _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
               "I64": np.int64, "I32": np.int32}
@@ -72,11 +87,10 @@ class SafetensorsFolder:
 def config_from_hf(hf: dict[str, Any], **overrides) -> ModelConfig:
   """ModelConfig from a Hugging Face config.json dict (transformers 4 and 5 layouts)."""
   arch = (hf.get("architectures") or ["?"])[0]
-  if arch not in SUPPORTED:
-    raise ValueError(f"unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED)}")
+  qwen2 = family_of(arch) == "Qwen2"
   if hf.get("mlp_bias"):
     raise ValueError(f"{arch}: mlp_bias=True is not supported")
-  if arch != "Qwen2ForCausalLM" and hf.get("attention_bias"):
+  if not qwen2 and hf.get("attention_bias"):
     raise ValueError(f"{arch}: attention_bias=True (bias on o_proj too) is not supported")
   # transformers 5 moved theta and scaling into `rope_parameters`; 4.x has rope_theta + rope_scaling.
   rope = dict(hf.get("rope_parameters") or {})
@@ -93,7 +107,7 @@ def config_from_hf(hf: dict[str, Any], **overrides) -> ModelConfig:
   elif rope_type != "default":
     raise ValueError(f"{arch}: rope type {rope_type!r} is not supported (default and llama3 are)")
   sliding = hf.get("sliding_window")
-  if arch == "Qwen2ForCausalLM" and not hf.get("use_sliding_window", False):
+  if qwen2 and not hf.get("use_sliding_window", False):
     sliding = None
   heads = hf["num_attention_heads"]
   kw = dict(
@@ -101,7 +115,7 @@ def config_from_hf(hf: dict[str, Any], **overrides) -> ModelConfig:
       num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
       mlp_dim=hf["intermediate_size"], head_dim=hf.get("head_dim"),
       norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_scaling=scaling,
-      qkv_bias=arch == "Qwen2ForCausalLM", tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      qkv_bias=qwen2, tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
       sliding_window=sliding, max_seq_len=hf.get("max_position_embeddings", 2048))
   kw.update(overrides)
   return ModelConfig(**kw)
@@ -130,6 +144,14 @@ def _layer_map(cfg: ModelConfig) -> dict[str, tuple[str, Callable[[np.ndarray], 
   return out
 
 
+def _mesh_rules(mesh, rules):
+  if mesh is None or rules is None:
+    from prm_jax.configs import base
+    mesh = mesh or sharding.make_mesh(base.get_config().mesh)
+    rules = tuple(rules or base.RULES)
+  return mesh, rules
+
+
 def load_hf_causal_lm(path: str, dtype: str = "float32", *, param_dtype: str | None = None,
                       mesh: jax.sharding.Mesh | None = None,
                       rules: sharding.Rules | None = None, **overrides) -> CausalLM:
@@ -141,13 +163,72 @@ def load_hf_causal_lm(path: str, dtype: str = "float32", *, param_dtype: str | N
   with open(os.path.join(path, "config.json")) as f:
     hf = json.load(f)
   cfg = config_from_hf(hf, dtype=dtype, param_dtype=param_dtype or dtype, **overrides)
-  if mesh is None or rules is None:
-    from prm_jax.configs import base
-    mesh = mesh or sharding.make_mesh(base.get_config().mesh)
-    rules = tuple(rules or base.RULES)
-  tensors = SafetensorsFolder(path)
+  return _load(path, hf, cfg, lambda: CausalLM(cfg, rngs=nnx.Rngs(0)), {},
+               *_mesh_rules(mesh, rules))
 
-  abstract = nnx.eval_shape(lambda: CausalLM(cfg, rngs=nnx.Rngs(0)))
+
+def reward_convention(hf: dict[str, Any], convention: str | None = None) -> tuple[str, HeadSpec]:
+  """(convention, head) a Hugging Face reward model's config.json implies; `convention` overrides
+  (needed for "lm": a causal LM read as a PRM)."""
+  arch = (hf.get("architectures") or ["?"])[0]
+  family_of(arch)
+  labels = int(hf.get("num_labels") or len(hf.get("id2label") or {}) or 2)
+  if convention is None:
+    convention = ("token_classification" if arch.endswith("ForTokenClassification") else
+                  "qwen_prm" if arch.endswith("ForProcessRewardModel") else
+                  "sequence_classification" if arch.endswith("ForSequenceClassification") else None)
+  if convention is None:
+    raise ValueError(f"{arch} is a causal LM: score with it as a PRM by setting "
+                     "score.convention=lm (its '+' / '-' logits at the step tag)")
+  if convention not in CONVENTIONS:
+    raise ValueError(f"score.convention={convention!r}; expected one of {CONVENTIONS}")
+  if convention == "token_classification":
+    if labels not in (2, 3):
+      raise ValueError(f"{arch}: {labels} labels; a token-classification PRM has 2 or 3")
+    return convention, HeadSpec(labels)
+  if convention == "sequence_classification":
+    if labels != 1:
+      raise ValueError(f"{arch}: {labels} labels; an ORM has one")
+    return convention, HeadSpec(1)
+  return convention, HeadSpec(2, hidden=convention == "qwen_prm")
+
+
+def load_hf_reward_model(path: str, dtype: str = "float32", *, param_dtype: str | None = None,
+                         mesh: jax.sharding.Mesh | None = None,
+                         rules: sharding.Rules | None = None, convention: str | None = None,
+                         good_bad_ids: tuple[int, int] | None = None, **overrides) -> RewardModel:
+  """A released reward model from a local HF folder: `int32[B,T]` -> per-token logits `[B,T,C]`.
+
+  `*ForTokenClassification` (2 or 3 labels) and `Qwen2ForProcessRewardModel` load as PRMs,
+  `*ForSequenceClassification` (1 label) as an ORM, and with `convention="lm"` a causal LM as a PRM
+  whose two classes are the logits of `good_bad_ids` (bad, good: e.g. the ids of "-" and "+").
+  """
+  with open(os.path.join(path, "config.json")) as f:
+    hf = json.load(f)
+  convention, spec = reward_convention(hf, convention)
+  cfg = config_from_hf(hf, dtype=dtype, param_dtype=param_dtype or dtype, **overrides)
+  kind = "orm" if spec.classes == 1 else "prm"
+  if convention == "qwen_prm":
+    head = {"head_w1": ("score.0.weight", lambda w: w.T), "head_b1": ("score.0.bias", None),
+            "head_w": ("score.2.weight", lambda w: w.T), "head_b": ("score.2.bias", None)}
+  elif convention == "lm":
+    if good_bad_ids is None:
+      raise ValueError("convention=lm needs the ids of the bad and good tokens")
+    rows = list(good_bad_ids)  # (bad, good): class 1 is "ok"
+    source = "model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight"
+    head = {"head_w": (source, lambda w: w[rows].T), "head_b": (None, None)}
+  else:
+    head = {"head_w": ("score.weight", lambda w: w.T), "head_b": ("score.bias", None)}
+  return _load(path, hf, cfg, lambda: RewardModel(cfg, kind, rngs=nnx.Rngs(0), spec=spec), head,
+               *_mesh_rules(mesh, rules))
+
+
+def _load(path: str, hf: dict, cfg: ModelConfig, make_model, head: dict, mesh, rules):
+  """Streams a folder's tensors into `make_model()`'s parameters, each straight into its sharding.
+
+  `head` maps our head parameters to (HF tensor name or None for zeros, transform or None)."""
+  tensors = SafetensorsFolder(path)
+  abstract = nnx.eval_shape(make_model)
   graphdef, abstract_state = nnx.split(abstract)
   shardings = sharding.state_shardings(abstract_state, mesh, rules)
   layer_map = _layer_map(cfg)
@@ -161,23 +242,30 @@ def load_hf_causal_lm(path: str, dtype: str = "float32", *, param_dtype: str | N
     used.add(name)
     return arr
 
+  def whole(name, transform, shape, np_dtype):
+    full = functools.cache(lambda: fetch(name, transform or (lambda w: w), shape))
+    return lambda idx: full()[idx].astype(np_dtype)
+
   def source(ours: str, shape, np_dtype):
     """A callback index -> numpy slice for one of our parameters."""
+    if ours in head:
+      name, transform = head[ours]
+      if name is None:
+        return lambda idx: np.zeros(shape, np_dtype)[idx]
+      if name.endswith(".bias") and name not in tensors.names():
+        return lambda idx: np.zeros(shape, np_dtype)[idx]  # e.g. a bias-free classifier
+      return whole(name, transform, shape, np_dtype)
     if ours == "transformer/embed":
-      full = functools.cache(lambda: fetch("model.embed_tokens.weight", lambda w: w, shape))
-      return lambda idx: full()[idx].astype(np_dtype)
+      return whole("model.embed_tokens.weight", None, shape, np_dtype)
     if ours == "transformer/final_norm/scale":
-      full = functools.cache(lambda: fetch("model.norm.weight", lambda w: w, shape))
-      return lambda idx: full()[idx].astype(np_dtype)
+      return whole("model.norm.weight", None, shape, np_dtype)
     if ours == "lm_head":
-      full = functools.cache(lambda: fetch("lm_head.weight", lambda w: w.T, shape))
-      return lambda idx: full()[idx].astype(np_dtype)
+      return whole("lm_head.weight", lambda w: w.T, shape, np_dtype)
     match = re.fullmatch(r"transformer/layers/(\d+)/(.+)", ours)
     if match and not cfg.scan_layers:
       i, key = int(match.group(1)), match.group(2)
       template, tf = layer_map[key]
-      full = functools.cache(lambda: fetch(template.format(i=i), tf, shape))
-      return lambda idx: full()[idx].astype(np_dtype)
+      return whole(template.format(i=i), tf, shape, np_dtype)
     match = re.fullmatch(r"transformer/layers/(.+)", ours)
     if match and cfg.scan_layers:
       template, tf = layer_map[match.group(1)]
@@ -192,16 +280,14 @@ def load_hf_causal_lm(path: str, dtype: str = "float32", *, param_dtype: str | N
 
   def load(path_, var, sh):
     ours = sharding.path_name(path_)
-    np_dtype = np.dtype(var.dtype)
-    arr = jax.make_array_from_callback(var.shape, sh, source(ours, var.shape, np_dtype))
-    return arr
+    return jax.make_array_from_callback(var.shape, sh, source(ours, var.shape, np.dtype(var.dtype)))
 
   flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_state,
                                                        is_leaf=lambda x: isinstance(x, nnx.Variable))
   sh_leaves = jax.tree.leaves(shardings)
   values = [load(p, v, s) for (p, v), s in zip(flat, sh_leaves)]
   unused = sorted(n for n in tensors.names() - used if not _IGNORED.match(n)
-                  and not (cfg.tie_embeddings and n == "lm_head.weight"))
+                  and not (n == "lm_head.weight" and (cfg.tie_embeddings or head)))
   if unused:
     raise ValueError(f"{path}: checkpoint tensors not used by {hf['architectures'][0]} import: "
                      f"{unused[:5]}{' ...' if len(unused) > 5 else ''}")

@@ -22,7 +22,8 @@ from prm_jax.data.pipeline import PipelineStats, make_dataset
 from prm_jax.model import TASKS, ModelConfig, build_model
 from prm_jax.records import Solution
 from prm_jax.runs import Run, RunDir, abstract_with_shardings, is_hf, model_config_of, tokenizer_of
-from prm_jax.tokenizer import SentencePieceTokenizer, train_sentencepiece
+from prm_jax.step_format import StepFormat
+from prm_jax.tokenizer import load_tokenizer, train_sentencepiece
 from prm_jax.train import trainer
 from prm_jax.train.checkpoints import Checkpointer
 from prm_jax.train.metrics import MetricWriter, peak_flops_per_device, train_flops_per_token
@@ -35,10 +36,14 @@ class TrainingDiverged(ValueError):
 def load_records(spec: str, expand_alternatives: bool = False, data_dir: str | None = None):
   """A random-access record source from `path.jsonl` (any supported format) or `tfds:NAME/SPLIT`."""
   if spec.startswith("tfds:"):
-    from prm_jax.data.tfds_builders import MathProblems, Prm800k, decode_solution
+    from prm_jax.data.tfds_builders import (ExpandedSource, MathProblems, Prm800k,
+                                            decode_solution)
     name, split = spec[5:].split("/", 1)
     builder = {"prm800k": Prm800k, "math": MathProblems}[name](data_dir=data_dir)
-    return builder.as_data_source(split=split), decode_solution
+    source = builder.as_data_source(split=split)
+    if name == "prm800k" and expand_alternatives:  # phase 2's rated alternatives, as from JSONL
+      return ExpandedSource(source), None
+    return source, decode_solution
   from prm_jax.data.commands import open_records
   if not os.path.exists(spec):
     raise FileNotFoundError(f"training data {spec!r} does not exist")
@@ -52,13 +57,12 @@ def tokenizer_for(config, records, decode, run: RunDir):
   start = config.train.init_from
   path = config.tokenizer.path or (run.tokenizer_path if os.path.exists(run.tokenizer_path) else "")
   if path:
-    return SentencePieceTokenizer.load(path)
+    return load_tokenizer(path)
   if start:
     tok = tokenizer_of(start)
     if tok is None:
-      raise ValueError(f"train.init_from={start}: prm_jax cannot read that checkpoint's tokenizer, "
-                       "and a new one would not match its embedding table; set "
-                       "--config.tokenizer.path to a sentencepiece model of the same vocabulary")
+      raise ValueError(f"train.init_from={start} ships no tokenizer, and a new one would not match "
+                       "its embedding table; set --config.tokenizer.path to its tokenizer")
     return tok
   if distributed.is_main():
     texts = ((decode(r) if decode else r) for r in records)
@@ -66,7 +70,7 @@ def tokenizer_for(config, records, decode, run: RunDir):
                         vocab_size=config.tokenizer.vocab_size,
                         model_type=config.tokenizer.model_type, path=run.tokenizer_path)
   distributed.barrier("tokenizer")
-  return SentencePieceTokenizer.load(run.tokenizer_path)
+  return load_tokenizer(run.tokenizer_path)
 
 
 def _adopt_starting_architecture(config) -> ml_collections.ConfigDict:
@@ -126,11 +130,14 @@ def train(config: ml_collections.ConfigDict, records: Sequence[Solution] | None 
     config = _adopt_starting_architecture(config)
   os.makedirs(run.path, exist_ok=True)
   tok = tokenizer or tokenizer_for(config, records, decode, run)
-  if distributed.is_main():  # a finished run is self-contained: sampling/scoring read it back
-    tok.save(run.tokenizer_path)
   if config.model.vocab_size < tok.vocab_size:
     raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
-                     f"{tok.vocab_size} pieces")
+                     f"{tok.vocab_size} pieces ({getattr(tok, 'source', 'the tokenizer')}): its ids "
+                     "would not index the embedding table")
+  fmt = StepFormat.from_config(config.get("format"))
+  fmt.check(tok)
+  if distributed.is_main():  # a finished run is self-contained: sampling/scoring read it back
+    tok.save_pretrained(run.path)
   cfg = ModelConfig.from_dict(config.model)
   run.write_config(config)
 
@@ -143,7 +150,7 @@ def train(config: ml_collections.ConfigDict, records: Sequence[Solution] | None 
   graphdef, state, state_sh = trainer.create_train_state(model, tx, mesh, rules)
   del model
   stats = PipelineStats()
-  dataset = make_dataset(records, tok, seq_len=tc.seq_len, global_batch=tc.batch_size,
+  dataset = make_dataset(records, tok, fmt=fmt, seq_len=tc.seq_len, global_batch=tc.batch_size,
                          seed=config.seed, decode=decode, pack=tc.pack,
                          process_index=jax.process_index(), process_count=jax.process_count(),
                          stats=stats)
