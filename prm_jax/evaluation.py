@@ -370,7 +370,8 @@ def process_eval(solutions: Iterable[Solution], dev_fraction: float = 0.5,
     reported = test
   subsets: dict[str, list[Solution]] = {}
   for s in reported:
-    subsets.setdefault(str(s.meta.get("subset") or "all"), []).append(s)
+    if s.meta.get("source") != "prmbench":  # PRMBench labels every step: its own metric below
+      subsets.setdefault(str(s.meta.get("subset") or "all"), []).append(s)
   table = {k: processbench_f1(gold(v), pred(v, best)) for k, v in sorted(subsets.items())}
   f1s = [v["f1"] for v in table.values()]
   bench = {"subsets": table, "average_f1": float(np.mean(f1s)) if f1s and np.all(

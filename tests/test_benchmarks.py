@@ -117,8 +117,7 @@ def test_process_eval_command_prints_and_writes_the_tables(tmp_path):
   assert p.returncode == 0, p.stderr[-2000:]
   assert "| F1 | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 |" in p.stdout  # all trusted: no error found
   result = json.loads((out / "process.json").read_text())
-  assert set(result["processbench"]["subsets"]) == {"gsm8k", "math", "olympiadbench", "omnimath",
-                                                    "all"}
+  assert set(result["processbench"]["subsets"]) == {"gsm8k", "math", "olympiadbench", "omnimath"}
   assert result["prmbench"]["confidence"]["f1"] == 0.0  # every PRMBench step called invalid
   md = (out / "process.md").read_text()
   assert "ProcessBench (earliest-error identification, threshold 0.50)" in md
