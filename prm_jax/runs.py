@@ -204,12 +204,13 @@ class Run:
     from prm_jax.model import hf_import
     path = _hf_path(spec)
     with open(os.path.join(path, "config.json")) as f:
-      arch = (json.load(f).get("architectures") or ["?"])[0]
+      hf = json.load(f)
+    arch = (hf.get("architectures") or ["?"])[0]
+    exported = _read_sidecar(path)
     dtype = model_overrides.pop("dtype", "float32")
     tokenizer = tokenizer_of(spec)
     if not reward and arch.endswith("ForCausalLM"):
       model = hf_import.load_hf_causal_lm(path, dtype, mesh=mesh, rules=rules, **model_overrides)
-      exported = _read_sidecar(path)
       return cls(spec, "sft", model, model.cfg, tokenizer,
                  {"format": exported["format"]} if exported.get("format") else {})
     ids = None
@@ -219,12 +220,10 @@ class Run:
       ids = tuple(_single_token(tokenizer, t, spec) for t in reversed(good_bad))  # (bad, good)
     model = hf_import.load_hf_reward_model(path, dtype, mesh=mesh, rules=rules, convention=reward,
                                            good_bad_ids=ids, **model_overrides)
-    with open(os.path.join(path, "config.json")) as f:
-      convention, _ = hf_import.reward_convention(json.load(f), reward)
+    convention, _ = hf_import.reward_convention(hf, reward)
     config = {"train": {"task": model.kind, "neutral_is_positive": True}}
     if convention in REWARD_FORMATS:
       config["format"] = dict(REWARD_FORMATS[convention])
-    exported = _read_sidecar(path)
     if exported:  # a prm_jax export: score it the way it was trained
       config["train"]["neutral_is_positive"] = exported.get("neutral_is_positive", True)
       if exported.get("format"):

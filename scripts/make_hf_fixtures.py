@@ -168,6 +168,16 @@ def _randomise(model):
         p.copy_((1.0 if "norm" in pname else 0.0) + 0.3 * torch.randn_like(p))
 
 
+def _fresh(seed: int, config_cls, architecture: str, make_model, **kwargs):
+  """(config, model): a seeded random model of `architecture`, norms and biases randomised too."""
+  torch.manual_seed(seed)
+  cfg = config_cls(**kwargs)
+  cfg.architectures = [architecture]
+  model = make_model(cfg).eval()
+  _randomise(model)
+  return cfg, model
+
+
 def make_reward_cases() -> None:
   """Released reward-model layouts on the qwen2_bpe tokenizer, each with the reference per-step
   probabilities on ProcessBench items computed by its model card's recipe in torch."""
@@ -196,11 +206,8 @@ def make_reward_cases() -> None:
     print(f"{name}: {config.architectures[0]}, {len(expected['items'])} items")
 
   # TRL's PRMs: a token classifier, 2 labels, P(ok) = softmax[..., 1] at each step's last token
-  torch.manual_seed(2)
-  cfg = transformers.Qwen2Config(**small, num_labels=2)
-  cfg.architectures = ["Qwen2ForTokenClassification"]
-  model = transformers.Qwen2ForTokenClassification(cfg).eval()
-  _randomise(model)
+  cfg, model = _fresh(2, transformers.Qwen2Config, "Qwen2ForTokenClassification",
+                      transformers.Qwen2ForTokenClassification, **small, num_labels=2)
   out = []
   for it in items:
     ids, ends = _newline_ids(tok, it["problem"], it["steps"])
@@ -210,10 +217,6 @@ def make_reward_cases() -> None:
   save("qwen2_token_cls", model, cfg, {"format": "newline", "items": out})
 
   # Qwen2.5-Math-PRM: Qwen2 body + score.0 Linear(h, h) -> ReLU -> score.2 Linear(h, 2)
-  torch.manual_seed(3)
-  cfg = transformers.Qwen2Config(**small)
-  cfg.architectures = ["Qwen2ForProcessRewardModel"]
-
   class ProcessRewardModel(torch.nn.Module):
     def __init__(self, config):
       super().__init__()
@@ -224,8 +227,8 @@ def make_reward_cases() -> None:
 
     def forward(self, ids):
       return self.score(self.model(ids).last_hidden_state)
-  model = ProcessRewardModel(cfg).eval()
-  _randomise(model)
+  cfg, model = _fresh(3, transformers.Qwen2Config, "Qwen2ForProcessRewardModel",
+                      ProcessRewardModel, **small)
   sep = tok.encode("<extra_0>")[0]
   out = []
   for it in items:  # the model card's recipe, to the letter
@@ -240,11 +243,8 @@ def make_reward_cases() -> None:
   save("qwen2_process_rm", model, cfg, {"format": "qwen_prm", "items": out})
 
   # LM-as-PRM (Math-Shepherd): softmax over the "+" / "-" logits at each "ки", P(ok) = P("+")
-  torch.manual_seed(4)
-  cfg = transformers.Qwen2Config(**small)
-  cfg.architectures = ["Qwen2ForCausalLM"]
-  model = transformers.Qwen2ForCausalLM(cfg).eval()
-  _randomise(model)
+  cfg, model = _fresh(4, transformers.Qwen2Config, "Qwen2ForCausalLM",
+                      transformers.Qwen2ForCausalLM, **small)
   good, bad = tok.convert_tokens_to_ids("+"), tok.convert_tokens_to_ids("-")
   tag = tok.convert_tokens_to_ids("ки")
   out = []
@@ -258,11 +258,8 @@ def make_reward_cases() -> None:
   save("qwen2_lm_prm", model, cfg, {"format": "lm", "items": out})
 
   # An ORM: a sequence classifier with one label, P(correct) = sigmoid at the last token
-  torch.manual_seed(5)
-  cfg = transformers.LlamaConfig(**small, num_labels=1)
-  cfg.architectures = ["LlamaForSequenceClassification"]
-  model = transformers.LlamaForSequenceClassification(cfg).eval()
-  _randomise(model)
+  cfg, model = _fresh(5, transformers.LlamaConfig, "LlamaForSequenceClassification",
+                      transformers.LlamaForSequenceClassification, **small, num_labels=1)
   out = []
   for it in items:
     ids, _ = _newline_ids(tok, it["problem"], it["steps"])
