@@ -68,7 +68,8 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
       buckets=(64, 128, 256, 512, 1024),  # padded prompt lengths (one compiled program each)
       grading_mode="prm800k",      # prm800k | math_verify
       stop_at_answer=True,         # stop after the line that follows "# Answer" (PRM800K)
-      stop=()))                    # extra stop strings, e.g. ("\n\n\n",); EOS always stops
+      stop=(),                     # extra stop strings, e.g. ("\n\n\n",); EOS always stops
+      share_prompts=True))         # a batch's repeated prompts are prefilled once, rows copied
   c.score = ml_collections.ConfigDict(dict(
       seq_len=1024, rows=16,       # packed rows per batch, each seq_len tokens
       chunk=512,                   # solutions packed together (and flushed) at a time

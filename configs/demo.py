@@ -20,6 +20,11 @@ def get_config():
   c.score.update(dict(seq_len=128, rows=16, chunk=1024))
   c.demo = ml_collections.ConfigDict(dict(
       levels=(0,),  # synthetic levels (0: 3 operations, values in 0..20; 1: 3; 2: 4-5; 3: 6-8)
+      # Share of the references' triggering steps written with each systematic misconception
+      # (prm_jax/data/synthetic.py MISCONCEPTIONS): the generator learns them, so on the problems
+      # that trigger one it is wrong the same way most of the time, as real generators are.
+      misconceptions=dict(smaller_from_larger=0.7, forgotten_carry=0.0),
+      seeds=1,                   # > 1: the whole demo per seed, reported as mean ± std over seeds
       train_problems=8000,       # SFT on their reference solutions; reward-model pools below
       test_problems=200,
       n=16,                      # samples per test problem: the best-of-N pool
@@ -28,6 +33,9 @@ def get_config():
       # read the arithmetic its own top layer computes (README, "Why a separate base").
       rm_base_steps=1000,
       rm_base_model=dict(num_layers=4, mlp_dim=256),
+      # The base's corpus: "correct" references (a pretrained model that knows the arithmetic the
+      # generator's fine-tuning data gets wrong), or "same" as the generator's (misconceptions too).
+      rm_base_corpus="correct",
       rm_problems=3000,          # training problems sampled for the ORM / PRM training data
       rm_samples=2,              # samples per such problem
       rm_steps=800, rm_batch_size=16, rm_learning_rate=1e-3,

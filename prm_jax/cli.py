@@ -77,6 +77,10 @@ def _train(config, args) -> None:
   from prm_jax import distributed
   from prm_jax.train.loop import train
   s = train(config)
+  if s.get("already_trained"):
+    distributed.log(f"{s['task']}: {config.workdir} is already trained to step {s['step']} "
+                    f"(train.steps={config.train.steps}); nothing to do")
+    return
   where = (" (preempted; checkpoint written, run again to resume)" if s["preempted"]
            else f"; final params in {config.workdir}/params")
   distributed.log(f"{s['task']}: stopped at step {s['step']}{where}")
@@ -105,10 +109,12 @@ def _sample(config, args) -> None:
   _at_least(config, "sample.batch_size", 1)
   _at_least(config, "sample.max_new_tokens", 1)
   problems = list(read_problems(args.input, config.data.skip_invalid))
-  sampler = Sampler.from_run(args.checkpoint, config)
-  distributed.log(f"sampling {n} per problem for {len(problems)} problems on "
-                  f"{distributed.describe_mesh(sampler.mesh)}")
-  r = _summarise("sample", args, sample_to_file(sampler, problems, args.output, n, config.seed))
+  with distributed.OutputClaim(args.output) as claim:  # first: a second writer fails now
+    sampler = Sampler.from_run(args.checkpoint, config)
+    distributed.log(f"sampling {n} per problem for {len(problems)} problems on "
+                    f"{distributed.describe_mesh(sampler.mesh)}")
+    r = _summarise("sample", args, sample_to_file(sampler, problems, args.output, n, config.seed,
+                                                  claim))
   distributed.log(f"sampled {r['written']} solutions for {r['problems']} problems "
                   f"({r['resumed_from']} already in {args.output})")
 
@@ -127,12 +133,13 @@ def _score(config, args) -> None:
     _at_least(config, field, 1)
   if config.data.format == "math":
     raise ValueError("data.format=math reads problems; score needs solutions")
-  scorer = Scorer.from_run(args.checkpoint, config)
-  distributed.log(f"scoring with a {scorer.kind} on {distributed.describe_mesh(scorer.mesh)}")
-  stats = ReadStats()
-  r = score_to_file(scorer, open_records(args.input, config.data.format,
-                                         config.data.skip_invalid, stats), args.output)
-  r = _summarise("score", args, dict(r, skipped_invalid=stats.skipped))
+  with distributed.OutputClaim(args.output) as claim:  # first: a second writer fails now
+    scorer = Scorer.from_run(args.checkpoint, config)
+    distributed.log(f"scoring with a {scorer.kind} on {distributed.describe_mesh(scorer.mesh)}")
+    stats = ReadStats()
+    r = score_to_file(scorer, open_records(args.input, config.data.format,
+                                           config.data.skip_invalid, stats), args.output, claim)
+    r = _summarise("score", args, dict(r, skipped_invalid=stats.skipped))
   distributed.log(f"scored {r['written']} solutions into {args.output} ({r['resumed_from']} "
                   f"already there, {r['skipped_invalid']} invalid skipped)")
 
@@ -150,6 +157,8 @@ def _bon_eval(config, args) -> None:
   sols = list(read_any_solutions(args.input, config.data.skip_invalid))
   r = evaluation.run_bon_eval(sols, ns, trials, config.seed, args.output, pool_size=pool_size)
   print(evaluation.markdown_table(r))
+  if r.get("repeated_samples"):
+    print(f"warning: {evaluation.describe_repeats(r['repeated_samples'])}", file=sys.stderr)
   print(f"wrote {args.output}")
 
 
@@ -161,18 +170,24 @@ def _bon_eval(config, args) -> None:
 def _process_eval(config, args) -> None:
   from prm_jax import evaluation
   from prm_jax.data.commands import open_records
+  from prm_jax.records import ReadStats
   frac, threshold = config.eval.dev_fraction, config.eval.threshold
   if not 0.0 < frac < 1.0:
     raise ValueError(f"config.eval.dev_fraction={frac} must be in (0, 1)")
   if threshold is not None and not 0.0 <= threshold <= 1.0:
     raise ValueError(f"config.eval.threshold={threshold} must be in [0, 1]")
-  sols = list(open_records(args.input, config.data.format, config.data.skip_invalid))
-  r = evaluation.run_process_eval(sols, args.output, frac, threshold)
+  stats = ReadStats()
+  sols = list(open_records(args.input, config.data.format, config.data.skip_invalid, stats))
+  r = evaluation.run_process_eval(sols, args.output, frac, threshold, invalid_lines=stats.skipped)
   bench = r["processbench"]
   if bench["subsets"]:
     print(evaluation.processbench_table(bench))
-  print(f"earliest-error F1 {100 * r['test']['f1']:.1f} (threshold {r['threshold']:.2f}), "
-        f"step AUROC {r['step_auroc']:.3f}, ECE {r['calibration']['ece']:.3f}")
+  t, why = r["test"], evaluation.with_reason
+  print(f"earliest-error F1 {why(100 * t['f1'], t.get('reason'), '.1f')} at threshold "
+        f"{r['threshold']:.2f}, step AUROC {why(r['step_auroc'], r.get('step_auroc_reason'))}, "
+        f"ECE {why(r['calibration']['ece'], r['calibration'].get('reason'))}")
+  if any(r["skipped"].values()):
+    print(evaluation.describe_skips(r["skipped"]))
   print(f"wrote {args.output}")
 
 
@@ -243,7 +258,7 @@ def _convert(config, args) -> None:
          sections=("data.dataset",))
 def _build_tfds(config, args) -> None:
   from prm_jax.data import commands
-  commands.build_tfds(config.data.dataset, args.input, os.path.expanduser(args.output))
+  commands.build_tfds(config.data.dataset, args.input, args.output)
 
 
 @command("train-tokenizer", "train a sentencepiece tokenizer on record files",
@@ -381,11 +396,38 @@ def parse(cmd: Command, argv: list[str]):
   missing = [f"--{f.name}" for f in cmd.flags if f.required and not fv[f.name].value]
   if missing:
     raise UsageError("missing " + ", ".join(missing))
+  _expand_paths(cmd, config, args)
   for name in ("num-processes", "process-id"):
     value = fv[name].value
     if value is not None and not value.lstrip("-").isdigit():
       raise UsageError(f"--{name}={value!r} must be an integer")
   return config, args
+
+
+# Config fields that name files or folders: `~` and `$VARS` in them are expanded like in a flag.
+PATH_FIELDS = ("workdir", "train.data", "train.init_from", "tokenizer.path", "data_dir")
+
+
+def _expand_paths(cmd: Command, config, args) -> None:
+  """`~` and `$VARS` in every path flag and path config field, expanded the same way everywhere
+  (shells leave `--output=~/x` and quoted `$X` alone); an unset variable is a UsageError."""
+  from prm_jax.paths import expand_path
+  try:
+    for f in cmd.flags:
+      name = f.name.replace("-", "_")
+      value = getattr(args, name)
+      what = f"--{f.name}"
+      setattr(args, name, [expand_path(v, what) for v in value] if f.multi else
+              expand_path(value, what))
+    for path in PATH_FIELDS:
+      *parents, leaf = path.split(".")
+      node = config
+      for p in parents:
+        node = node.get(p) if node is not None else None
+      if node is not None and leaf in node and isinstance(node[leaf], str):
+        node[leaf] = expand_path(node[leaf], f"config.{path}")
+  except ValueError as e:
+    raise UsageError(str(e)) from None
 
 
 def usage() -> str:

@@ -9,14 +9,21 @@ active learning vs uniform selection -> report.
     runs/demo/{generator,base,orm,prm}/ training runs (orbax checkpoints, params, tokenizer)
     runs/demo/data/                     problems, samples, scored samples (JSONL `Solution`s)
     runs/demo/active_learning/          every generation's data and PRM
+
+`--config.demo.seeds=K` runs the whole loop K times (seeds seed, seed+1, ...; runs/demo/seed_k/) and
+writes the comparison's mean ± std over seeds (report.md, metrics.json, bon.png) at the top.
+The demo owns only what its manifest (demo_manifest.json) lists: a rerun removes those, never other
+files, and refuses a non-empty workdir it did not write.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
+from typing import Sequence
 
 import jax
 import ml_collections
@@ -25,12 +32,13 @@ import numpy as np
 from prm_jax import distributed, evaluation, sharding
 from prm_jax.configs import derive
 from prm_jax.data import synthetic
+from prm_jax.paths import expand_path
 from prm_jax.records import write_json, write_jsonl, write_text
 from prm_jax.train.loop import train_run
 
 STAGES = ("problems", "tokenizer", "sft", "base", "sample", "label", "orm", "prm", "score",
           "best-of-n", "active learning", "report")
-MARKER = "demo_config.json"
+MANIFEST = "demo_manifest.json"
 
 
 class Progress:
@@ -73,13 +81,51 @@ def scaled(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-def _prepare_workdir(workdir: str) -> None:
-  if os.path.isdir(workdir) and os.listdir(workdir):
-    if not os.path.exists(os.path.join(workdir, MARKER)):
-      raise ValueError(f"{workdir} is not empty and was not written by the demo; "
-                       "choose another --config.workdir")
-    shutil.rmtree(workdir)  # a previous demo run: start clean
-  os.makedirs(workdir)
+def resolve_workdir(workdir: str) -> str:
+  """`~` and `$VARS` expanded (`paths.expand_path`: an unset variable is refused, never made a
+  folder named `$X`), and symlinks resolved, so the manifest names the real files."""
+  path = expand_path(str(workdir), "workdir")
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"workdir={workdir!r} is a file, not a folder")
+  return os.path.realpath(path)
+
+
+def prepare_workdir(workdir: str) -> None:
+  """Removes what an earlier demo run listed in its manifest, and nothing else. A non-empty folder
+  without a manifest is refused whole: the demo never deletes files it did not write."""
+  os.makedirs(workdir, exist_ok=True)
+  manifest = os.path.join(workdir, MANIFEST)
+  entries = sorted(os.listdir(workdir))
+  if entries and not os.path.exists(manifest):
+    shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    raise ValueError(f"{workdir} is not empty ({shown}) and holds no {MANIFEST}: it was not written "
+                     "by the demo; choose another --config.workdir")
+  if not entries:
+    return
+  with open(manifest) as f:
+    owned = json.load(f).get("written", [])
+  for name in owned:
+    path = os.path.join(workdir, name)
+    if os.path.normpath(name) != name or name.startswith(("..", os.sep)) or os.sep in name:
+      raise ValueError(f"{manifest}: entry {name!r} is not a name inside {workdir}")
+    if os.path.islink(path) or os.path.isfile(path):
+      os.remove(path)
+    elif os.path.isdir(path):
+      shutil.rmtree(path)
+  os.remove(manifest)
+
+
+class Manifest:
+  """The top-level names the demo wrote in its workdir, rewritten as each appears (a killed run
+  still leaves a manifest that covers what it wrote)."""
+
+  def __init__(self, workdir: str, names: Sequence[str]):
+    self.workdir, self.names = workdir, []
+    self.add(*names)
+
+  def add(self, *names: str) -> None:
+    self.names += [n for n in names if n not in self.names]
+    write_json(os.path.join(self.workdir, MANIFEST), {"written": self.names})
 
 
 def _rm_start(c) -> str:
@@ -96,11 +142,25 @@ def _rm_overrides(c, task: str) -> dict:
   return over
 
 
+OWNED = ("demo_config.json", "data", "tokenizer.model", "generator", "base", "orm", "prm",
+         "active_learning", "bon.png", "calibration.png", "active_learning.png", "metrics.json",
+         "report.md")
+
+
 def run(config: ml_collections.ConfigDict) -> dict:
+  """The demo, once per seed in `demo.seeds`."""
+  if int(config.demo.get("seeds", 1)) > 1:
+    return run_seeds(config)
+  c = derive(config, {"workdir": resolve_workdir(config.workdir)})
+  prepare_workdir(c.workdir)
+  Manifest(c.workdir, OWNED)
+  return run_once(c)
+
+
+def run_once(config: ml_collections.ConfigDict) -> dict:
   c = scaled(config)
   d, w = c.demo, c.workdir
-  _prepare_workdir(w)
-  write_text(os.path.join(w, MARKER), c.to_json_best_effort(indent=1))
+  write_text(os.path.join(w, "demo_config.json"), c.to_json_best_effort(indent=1))
   data = os.path.join(w, "data")
   prog = Progress([s for s in STAGES if s != "base" or d.rm_base_steps > 0])
   mesh = sharding.make_mesh(c.mesh)
@@ -114,7 +174,9 @@ def run(config: ml_collections.ConfigDict) -> dict:
     write_jsonl(os.path.join(data, "test_problems.jsonl"), test_p)
     return train_p, test_p
   train_p, test_p = prog.run("problems", problems)
-  refs = [synthetic.reference_solution(p) for p in train_p]
+  # the training corpus: correct references, except where a share carries a misconception
+  refs_rng = np.random.default_rng(c.seed + 2)
+  refs = [synthetic.training_solution(p, refs_rng, d.misconceptions.to_dict()) for p in train_p]
 
   def tokenizer():
     from prm_jax.tokenizer import train_sentencepiece
@@ -126,9 +188,13 @@ def run(config: ml_collections.ConfigDict) -> dict:
     raise ValueError(f"model.vocab_size={c.model.vocab_size} < tokenizer {tok.vocab_size}")
   sft = prog.run("sft", train_run, c, os.path.join(w, "generator"), "sft", refs, tok)
   base = None
-  if d.rm_base_steps > 0:  # the paper's pretrained base: the same references, a deeper model
+  if d.rm_base_steps > 0:  # the paper's pretrained base: a deeper LM on its own corpus
     b = derive(c, {f"model.{k}": v for k, v in d.rm_base_model.to_dict().items()})
-    base = prog.run("base", train_run, b, os.path.join(w, "base"), "sft", refs, tok,
+    corpus = {"same": refs, "correct": [synthetic.reference_solution(p) for p in train_p]}
+    if d.rm_base_corpus not in corpus:
+      raise ValueError(f"demo.rm_base_corpus={d.rm_base_corpus!r}: expected 'correct' or 'same'")
+    base = prog.run("base", train_run, b, os.path.join(w, "base"), "sft", corpus[d.rm_base_corpus],
+                    tok,
                     desc="base", steps=d.rm_base_steps, save_every=d.rm_base_steps)
 
   rm_p = train_p[:d.rm_problems]
@@ -196,10 +262,13 @@ def run(config: ml_collections.ConfigDict) -> dict:
                            "step_auroc": process["step_auroc"], "ece": process["calibration"]["ece"],
                            "threshold": process["threshold"]},
                "generator": generator_stats(test_s, sft),
+               "misconceptions": {"configured": d.misconceptions.to_dict(),
+                                  "references": synthetic.misconception_rates(refs),
+                                  "generator": synthetic.misconception_rates(test_s)},
                "labels": label_stats(rm_s),
                "devices": jax.device_count(), "backend": jax.default_backend(),
                **distributed.mesh_summary(mesh),
-               "config": {"scale": c.scale, "levels": list(d.levels),
+               "config": {"scale": c.scale, "levels": list(d.levels), "seed": c.seed,
                           "train_problems": d.train_problems, "test_problems": d.test_problems,
                           "n": d.n, "rm_problems": d.rm_problems, "rm_samples": d.rm_samples,
                           "sft_steps": c.train.steps, "rm_steps": d.rm_steps,
@@ -219,6 +288,86 @@ def run(config: ml_collections.ConfigDict) -> dict:
   print("\n" + verdict(metrics["bon"]))
   print(f"\nwrote {w}/report.md, metrics.json, bon.png ({metrics['total_seconds']:.0f}s in all)")
   return metrics
+
+
+def run_seeds(config: ml_collections.ConfigDict) -> dict:
+  """The whole demo once per seed (workdir/seed_k), then every comparison as mean ± std over seeds:
+  what tells two methods apart when one run's trial-to-trial spread cannot."""
+  k = int(config.demo.seeds)
+  root = resolve_workdir(config.workdir)
+  prepare_workdir(root)
+  names = [f"seed_{i}" for i in range(k)]
+  Manifest(root, ["demo_config.json", *names, "bon.png", "metrics.json", "report.md"])
+  write_text(os.path.join(root, "demo_config.json"), config.to_json_best_effort(indent=1))
+  t0, runs = time.perf_counter(), []
+  for i, name in enumerate(names):
+    ci = derive(config, {"seed": config.seed + i, "workdir": os.path.join(root, name),
+                         "demo.seeds": 1})
+    os.makedirs(ci.workdir)
+    Manifest(ci.workdir, OWNED)
+    print(f"\n=== seed {i + 1}/{k} (seed={ci.seed}) -> {ci.workdir}", flush=True)
+    runs.append(run_once(ci))
+  metrics = over_seeds(runs)
+  metrics["total_seconds"] = time.perf_counter() - t0
+  evaluation.plot_best_of_n(metrics["bon"], os.path.join(root, "bon.png"),
+                            title=f"Best-of-N, mean ± std over {k} seeds")
+  write_json(os.path.join(root, "metrics.json"), metrics)
+  write_text(os.path.join(root, "report.md"), render_seeds_report(metrics))
+  print("\n" + verdict(metrics["bon"]))
+  print(f"\nwrote {root}/report.md, metrics.json, bon.png ({metrics['total_seconds']:.0f}s in all)")
+  return metrics
+
+
+def _mean_std(values) -> dict:
+  v = np.asarray([np.nan if x is None else x for x in values], float)
+  ok = v[~np.isnan(v)]
+  return {"mean": float(ok.mean()) if ok.size else None,
+          "std": float(ok.std(ddof=1)) if ok.size > 1 else 0.0, "seeds": int(ok.size)}
+
+
+def over_seeds(runs: Sequence[dict]) -> dict:
+  """Per-seed results -> mean and sample std over seeds of each seed's mean (bon.json's schema)."""
+  ns = runs[0]["bon"]["n"]
+  methods = {}
+  for m in runs[0]["bon"]["methods"]:
+    per = np.asarray([r["bon"]["methods"][m]["mean"] for r in runs])  # [seeds, len(ns)]
+    methods[m] = {"mean": per.mean(0).tolist(),
+                  "std": (per.std(0, ddof=1) if len(runs) > 1 else 0 * per[0]).tolist(),
+                  "per_seed": per.tolist()}
+  auroc = {k: _mean_std([r["bon"]["within_problem_auroc"][k]["mean"] for r in runs])
+           for k in runs[0]["bon"].get("within_problem_auroc", {})}
+  final = {s: _mean_std([r["active_learning"]["strategies"][s][-1]["prm_best_of_max_n"]
+                         for r in runs]) for s in runs[0]["active_learning"]["strategies"]}
+  return {"seeds": [r["config"]["seed"] for r in runs], "runs": len(runs),
+          "bon": {"n": ns, "methods": methods, "trials": runs[0]["bon"]["trials"],
+                  "num_problems": runs[0]["bon"]["num_problems"], "over": "seeds",
+                  "within_problem_auroc": auroc},
+          "active_learning_final": final, "al_n": runs[0]["active_learning"]["n"][-1],
+          "process": {k: _mean_std([r["process"][k] for r in runs])
+                      for k in ("earliest_error_f1", "step_auroc", "ece")},
+          "pass_at_1": _mean_std([r["generator"]["pass_at_1"] for r in runs]),
+          "seconds_per_seed": [r["total_seconds"] for r in runs]}
+
+
+def render_seeds_report(m: dict) -> str:
+  bon, k = m["bon"], m["runs"]
+  fmt = lambda v: "n/a" if v["mean"] is None else f"{v['mean']:.3f} ± {v['std']:.3f}"
+  pct = lambda v: "n/a" if v["mean"] is None else f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}"
+  lines = ["# prm_jax demo report, over seeds", "", verdict(bon), "",
+           f"Best-of-N solve rate (%), mean ± std over {k} seeds (seeds {m['seeds']}; each seed "
+           f"draws its own problems, trains its own models and averages {bon['trials']} trials on "
+           f"{bon['num_problems']} test problems):", "", evaluation.markdown_table(bon), "",
+           "![best-of-N](bon.png)", "", "| metric | mean ± std over seeds |", "|---|---|",
+           f"| generator pass@1 (%) | {pct(m['pass_at_1'])} |",
+           *[f"| {name.upper()} within-problem AUROC | {fmt(v)} |"
+             for name, v in bon["within_problem_auroc"].items()],
+           f"| step AUROC | {fmt(m['process']['step_auroc'])} |",
+           f"| earliest-error F1 | {fmt(m['process']['earliest_error_f1'])} |",
+           *[f"| active learning, {s} selection: final PRM best-of-{m['al_n']} (%) | {pct(v)} |"
+             for s, v in m["active_learning_final"].items()],
+           "", "Each seed's own report is in `seed_k/report.md`. Wall time: "
+           + ", ".join(f"{t:.0f}s" for t in m["seconds_per_seed"]) + ".", ""]
+  return "\n".join(lines)
 
 
 def generator_stats(samples, sft_summary) -> dict:
@@ -295,6 +444,11 @@ def render_report(m: dict) -> str:
              if cfg.get("rm_base_steps") else []),
            f"| generator on test | pass@1 {100 * g['pass_at_1']:.1f}%, any of {cfg['n']} correct "
            f"{100 * g['any_correct']:.1f}%, answered {100 * g['answered']:.1f}% |",
+           *[f"| misconception `{name}` | configured in {100 * rate:.0f}% of the references' "
+             f"triggering steps; written in {_share(m['misconceptions']['references'][name])} of "
+             f"them, and by the generator in {_share(m['misconceptions']['generator'][name])} of "
+             f"its test steps that trigger it |"
+             for name, rate in m["misconceptions"]["configured"].items() if rate > 0],
            f"| reward-model data | {lab['solutions']} samples ({cfg['rm_problems']} problems x "
            f"{cfg['rm_samples']}), {100 * lab['correct_answers']:.1f}% correct answers; oracle step labels: "
            f"{lab['positive']} positive, {lab['neutral']} neutral, {lab['negative']} negative |",
@@ -313,6 +467,10 @@ def render_report(m: dict) -> str:
             "the reward models learn the oracle's arithmetic only in part; `--config.scale=4` "
             "grows the data and training.", ""]
   return "\n".join(lines)
+
+
+def _share(r: dict) -> str:
+  return "no" if not r["steps"] else f"{100 * r['rate']:.0f}% (of {r['steps']})"
 
 
 def _al_table(al: dict) -> str:

@@ -105,29 +105,75 @@ def describe_mesh(mesh) -> str:
   return f"mesh ({shape}) over {m['devices']} {m['platform']} device(s){procs}"
 
 
-class ResumableOutput:
-  """The output of a resumable multi-process command: process 0 opens it (cutting a torn last
-  line), checks the rows already there, and tells every process how many there are (`done`); only
-  process 0 writes. A refusal on process 0 reaches the others as an error, never a hang."""
+class OutputClaim:
+  """Process 0's lock on a command's output, taken before the command's slow start (opening a
+  model), so a second writer fails at once; every process learns whether it was taken.
 
-  def __init__(self, path: str, check=None):
-    self.path, self.check, self._out = path, check, None
+      with distributed.OutputClaim(output) as claim:
+        model = ...  # slow
+        with ResumableOutput(output, check, claim) as out: ...
+  """
+
+  def __init__(self, path: str):
+    self.path, self.lock = path, None
+
+  def __enter__(self) -> "OutputClaim":
+    from prm_jax.paths import output_lock
+    error = None
+    if is_main():
+      try:
+        self.lock = output_lock(self.path).acquire()
+      except BaseException as e:  # noqa: BLE001  (told to the other processes, then re-raised)
+        error = e
+    failed = broadcast_int(0 if error is None else 1)
+    if error is not None:
+      raise error
+    if failed:
+      raise RuntimeError(f"process 0 could not lock {self.path}; its error says why")
+    return self
+
+  def release(self) -> None:
+    if self.lock is not None:
+      self.lock.release()
+      self.lock = None
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+
+class ResumableOutput:
+  """The output of a resumable multi-process command (`sample`, `score`), written exactly once.
+
+  Process 0 takes the output's lock (`paths.output_lock`: a second writer fails at once, naming
+  the holder), or uses the `OutputClaim` it is given (its caller releases that), then opens the
+  file, cuts a torn or malformed tail (`dropped` lines, written again), shows every record already
+  there to `check(i, record)` (which raises when row i is not this run's row i: an output written
+  from another input), and tells every process how many rows are done (`done`); only process 0
+  writes. A refusal on process 0 reaches the others as an error, never a hang.
+  """
+
+  def __init__(self, path: str, check=None, claim: OutputClaim | None = None):
+    self.path, self.check, self.claim, self._out = path, check, claim, None
+    self._lock, self.dropped = None, 0
 
   def __enter__(self) -> "ResumableOutput":
-    from prm_jax.records import JsonlAppender
+    from prm_jax.paths import output_lock
+    from prm_jax.records import JsonlAppender, Solution
     done, error = -1, None
     if is_main():
       try:
-        self._out = JsonlAppender(self.path)
-        if self._out.existing and self.check:
-          self.check(self.path)
-        done = self._out.existing
+        if self.claim is None or self.claim.lock is None:
+          self._lock = output_lock(self.path).acquire()
+        self._out = JsonlAppender(self.path, parse=Solution.from_dict, visit=self.check)
+        done, self.dropped = self._out.existing, self._out.dropped
+        if self.dropped:
+          log(f"{self.path}: cut {self.dropped} torn or malformed line(s) at its end; those rows "
+              "are written again")
       except BaseException as e:  # noqa: BLE001  (told to the other processes, then re-raised)
         error = e
     self.done = broadcast_int(done)
     if error is not None:
-      if self._out is not None:
-        self._out.close()
+      self._close()
       raise error
     if self.done < 0:
       raise RuntimeError(f"process 0 could not open {self.path}; its error says why")
@@ -148,8 +194,15 @@ class ResumableOutput:
       self.write(r)
     self.flush()
 
+  def _close(self) -> None:
+    try:
+      if self._out is not None:
+        self._out.close()
+    finally:
+      if self._lock is not None:
+        self._lock.release()
+
   def __exit__(self, *exc) -> None:
-    if self._out is not None:
-      self._out.close()
+    self._close()
     if exc[0] is None:
       barrier("output-closed")

@@ -227,10 +227,14 @@ def run_bon_eval(solutions: Iterable[Solution], ns: Sequence[int], trials: int, 
   `pool_size` pads every problem's pool with discarded entries (eval.py uses 1860), so N samples
   are drawn from the same-sized pool everywhere; 0 means the largest pool.
   """
+  solutions = list(solutions)
   pools = build_pools(solutions, mode)
   if not pools:
     raise ValueError("no solutions to evaluate")
   result = best_of_n(pools, ns, trials, seed, pool_size=pool_size or None)
+  repeated = repeated_samples(solutions)
+  if repeated:
+    result["repeated_samples"] = repeated
   os.makedirs(out_dir, exist_ok=True)
   write_json(os.path.join(out_dir, "bon.json"), result)
   md = (f"Best-of-N solve rate (%), mean ± std over {trials} trials, "
@@ -239,9 +243,30 @@ def run_bon_eval(solutions: Iterable[Solution], ns: Sequence[int], trials: int, 
   for m, v in result["within_problem_auroc"].items():
     md += (f"\n{m}: right vs wrong answers to the same problem, AUROC "
            f"{format_auroc(v['mean'])} (over {v['problems']} problems with both)\n")
+  if repeated:
+    md += f"\nWarning: {describe_repeats(repeated)}.\n"
   write_text(os.path.join(out_dir, "bon.md"), md)
   plot_best_of_n(result, os.path.join(out_dir, "bon.png"))
   return result
+
+
+def repeated_samples(solutions: Iterable[Solution]) -> int:
+  """Rows whose (problem_id, meta.sample_idx, meta.seed) an earlier row already had: a file that
+  holds some samples twice (two runs appended into one file), which best-of-N would count as
+  bigger pools. Rows without a sample index are not counted."""
+  seen, repeated = set(), 0
+  for s in solutions:
+    if s.meta.get("sample_idx") is None:
+      continue
+    key = (s.problem_id, s.meta.get("sample_idx"), s.meta.get("seed"), s.meta.get("prefix_steps"))
+    repeated += key in seen
+    seen.add(key)
+  return repeated
+
+
+def describe_repeats(n: int) -> str:
+  return (f"{n} rows repeat an earlier row's (problem_id, sample_idx, seed): the input holds "
+          "samples twice, and they are counted in the pools as drawn")
 
 
 # ----------------------------------------------------------------------------- step-level metrics
@@ -341,10 +366,17 @@ def process_eval(solutions: Iterable[Solution], dev_fraction: float = 0.5,
   accuracy on erroneous and on correct items, their harmonic mean F1, and the average F1. AUROC and
   calibration use every labelled step up to the first error.
   """
-  rows = [s for s in solutions if s.step_labels is not None and s.scores
-          and s.scores.get("prm_steps") is not None and len(s.steps) > 0]
+  rows, skipped = [], dict.fromkeys(SKIPS, 0)
+  for s in solutions:
+    why = ("no_steps" if not s.steps else "no_step_labels" if s.step_labels is None else
+           "no_step_scores" if not s.scores or s.scores.get("prm_steps") is None else None)
+    if why:
+      skipped[why] += 1
+    else:
+      rows.append(s)
   if not rows:
-    raise ValueError("no solutions with both step_labels and scores.prm_steps")
+    raise ValueError("no solutions with both step_labels and scores.prm_steps"
+                     + (f" ({describe_skips(skipped)})" if any(skipped.values()) else ""))
   gold = lambda ss: [earliest_error(s.step_labels) for s in ss]
   pred = lambda ss, t: [predicted_error(s.scores["prm_steps"], t) for s in ss]
   if threshold is not None:
@@ -376,6 +408,9 @@ def process_eval(solutions: Iterable[Solution], dev_fraction: float = 0.5,
   f1s = [v["f1"] for v in table.values()]
   bench = {"subsets": table, "average_f1": float(np.mean(f1s)) if f1s and np.all(
       np.isfinite(f1s)) else float("nan")}
+  undefined = [f"{k}: {v['reason']}" for k, v in table.items() if "reason" in v]
+  if undefined or not table:
+    bench["reason"] = "; ".join(undefined) or "no solution in the reported split"
   from_prmbench = [s for s in rows if s.meta.get("source") == "prmbench"]
   prmbench = prmbench_scores(from_prmbench, 0.5 if threshold is None else threshold) if (
       from_prmbench) else None
@@ -390,11 +425,44 @@ def process_eval(solutions: Iterable[Solution], dev_fraction: float = 0.5,
         break
   probs, ok = np.asarray(probs, float), np.asarray(ok, bool)
   dev_best = float(np.nanmax(dev_f1)) if dev and np.isfinite(dev_f1).any() else float("nan")
+  calib = calibration(probs, ok.astype(float))
+  step_auroc, auroc_why = auroc(probs, ok), auroc_reason(ok)
+  if not len(probs):
+    calib.update(ece=float("nan"), reason=auroc_why)
   return {"threshold": best, "threshold_chosen_on": "fixed" if threshold is not None else "dev",
           "dev_f1": dev_best, "test": test_metrics, "processbench": bench,
           **({"prmbench": prmbench} if prmbench else {}),
+          "num_rows": len(rows) + sum(skipped.values()), "skipped": skipped,
           "num_dev": len(dev), "num_test": len(test), "num_steps": int(len(probs)),
-          "step_auroc": auroc(probs, ok), "calibration": calibration(probs, ok.astype(float))}
+          "step_auroc": step_auroc, **({"step_auroc_reason": auroc_why} if auroc_why else {}),
+          "calibration": calib}
+
+
+SKIPS = ("no_steps", "no_step_labels", "no_step_scores")
+_SKIP_WORDS = {"no_steps": "without steps", "no_step_labels": "without step labels",
+               "no_step_scores": "without scores.prm_steps", "invalid_lines": "invalid lines"}
+
+
+def describe_skips(skipped: dict) -> str:
+  """"skipped 3 rows: 1 without steps, 2 without step labels" ("" when none was skipped)."""
+  parts = [f"{n} {_SKIP_WORDS.get(k, k)}" for k, n in skipped.items() if n]
+  return f"skipped {sum(skipped.values())} rows: {', '.join(parts)}" if parts else ""
+
+
+def auroc_reason(positive: np.ndarray) -> str | None:
+  """Why a step AUROC over these ok / not-ok labels is undefined (None when it is defined)."""
+  if not len(positive):
+    return "no labelled steps"
+  if positive.all():
+    return "no negative steps"
+  if not positive.any():
+    return "no positive steps"
+  return None
+
+
+def with_reason(x: float, reason: str | None, fmt: str = ".3f") -> str:
+  """A metric as printed: "0.912", or "nan (no negative steps)" when it is undefined."""
+  return f"{x:{fmt}}" + (f" ({reason})" if reason and not np.isfinite(x) else "")
 
 
 def plot_calibration(result: dict, path: str) -> None:
@@ -442,9 +510,13 @@ def prmbench_table(scores: dict) -> str:
 
 
 def run_process_eval(solutions: Iterable[Solution], out_dir: str, dev_fraction: float = 0.5,
-                     threshold: float | None = None) -> dict:
-  """`prm-jax process-eval`: writes process.json, process.md and calibration.png."""
+                     threshold: float | None = None, invalid_lines: int = 0) -> dict:
+  """`prm-jax process-eval`: writes process.json, process.md and calibration.png. Every row it
+  could not use is counted in `skipped` (`invalid_lines`: the reader's, with data.skip_invalid)."""
   result = process_eval(solutions, dev_fraction, threshold=threshold)
+  if invalid_lines:
+    result["skipped"]["invalid_lines"] = int(invalid_lines)
+  auroc_why, ece_why = result.get("step_auroc_reason"), result["calibration"].get("reason")
   os.makedirs(out_dir, exist_ok=True)
   write_json(os.path.join(out_dir, "process.json"), result)
   t = result["test"]
@@ -456,9 +528,11 @@ def run_process_eval(solutions: Iterable[Solution], out_dir: str, dev_fraction: 
              + (f"| threshold (fixed) | {result['threshold']:.2f} |\n" if threshold is not None
                 else f"| threshold (chosen on dev, F1 {100 * result['dev_f1']:.1f}) | "
                      f"{result['threshold']:.2f} |\n")
-             + f"| step AUROC | {result['step_auroc']:.3f} |\n"
-             f"| step ECE | {result['calibration']['ece']:.3f} |\n"
+             + f"| step AUROC | {with_reason(result['step_auroc'], auroc_why)} |\n"
+             f"| step ECE | {with_reason(result['calibration']['ece'], ece_why)} |\n"
              + (f"\nTest F1 is undefined: {t['reason']}.\n" if "reason" in t else "")
+             + (f"\n{describe_skips(result['skipped'])}.\n" if any(result["skipped"].values())
+                else "")
              + ("\nProcessBench (earliest-error identification, threshold "
                 f"{result['threshold']:.2f}):\n\n{processbench_table(result['processbench'])}\n"
                 if result["processbench"]["subsets"] else "")

@@ -26,6 +26,7 @@ import sympy
 
 TIME_LIMIT_S = 2.0
 MAX_CHARS = 400
+MAX_ANSWER = 4 * MAX_CHARS  # longer answers are never normalised, and equal only to themselves
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -664,8 +665,8 @@ def grade_answer(given: str | None, truth: str | None, mode: str = "prm800k") ->
   if given is None or truth is None:
     return False
   given, truth = str(given), str(truth)
-  if not given.strip() or len(given) > 4 * MAX_CHARS:
-    return False
+  if not given.strip() or len(given) > MAX_ANSWER or len(truth) > MAX_ANSWER:
+    return False  # the normalising regexes are C code no time limit interrupts: bound their input
   on_main = threading.current_thread() is threading.main_thread()
   # on the main thread math_verify sets its own alarms, which would cancel ours
   bound = (contextlib.nullcontext() if mode == "math_verify" and on_main
@@ -727,10 +728,12 @@ def _fingerprint(s: str) -> tuple | None:
 def answer_form(answer: str) -> AnswerForm:
   """Normalises `answer` once (bounded in time like `grade_answer`)."""
   answer = str(answer)
+  if len(answer) > MAX_ANSWER:  # grade_answer calls it equal to nothing: no normal form to share
+    return AnswerForm(answer, "", "", None)
   try:
     with _time_limit(TIME_LIMIT_S):
       mathd, norm = strip_string(answer), normalize(answer) or ""
-      values = _fingerprint(norm) if norm and len(answer) <= 4 * MAX_CHARS else None
+      values = _fingerprint(norm) if norm else None
   except (_Timeout, RecursionError):
     return AnswerForm(answer, "", "", None)
   return AnswerForm(answer, mathd, norm, values)
@@ -753,6 +756,8 @@ def forms_may_be_equal(a: AnswerForm, b: AnswerForm, mode: str = "prm800k") -> b
   Equal normal forms are equal. Otherwise the grader calls two answers equal only through
   `_grade_normalized`, whose shape rules and exact equality imply equal fingerprints.
   """
+  if len(a.raw) > MAX_ANSWER or len(b.raw) > MAX_ANSWER:
+    return False
   if (a.mathd and a.mathd == b.mathd) or (a.norm and a.norm == b.norm):
     return True
   if mode != "prm800k" or a.values is None or b.values is None:

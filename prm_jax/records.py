@@ -209,20 +209,28 @@ def read_problems(path: str, skip_invalid: bool = False, stats: ReadStats | None
 
 # ----------------------------------------------------------------------------- writing
 
+def _line_error(e: Exception) -> str:
+  if isinstance(e, UnicodeDecodeError):
+    return f"not valid UTF-8 ({e.reason} at byte {e.start})"
+  if isinstance(e, json.JSONDecodeError):
+    return f"malformed JSON: {e.msg} at column {e.colno}"
+  return str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+
+
 def _dumps(rec) -> str:
   d = rec.to_dict() if hasattr(rec, "to_dict") else rec
   return json.dumps(d, ensure_ascii=False)
 
 
 @contextlib.contextmanager
-def atomic_open(path: str) -> Iterator[Any]:
+def atomic_open(path: str, errors: str = "strict") -> Iterator[Any]:
   """A text file that appears at `path` only when the block ends without error (temp file + fsync +
   rename): readers see the old file or the complete new one, never half of one."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
   try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with os.fdopen(fd, "w", encoding="utf-8", errors=errors) as f:
       yield f
       f.flush()
       os.fsync(f.fileno())
@@ -259,25 +267,51 @@ def write_text(path: str, text: str) -> None:
 class JsonlAppender:
   """Append-only JSONL for resumable jobs: a line is durable once `flush()` returns.
 
-  On open, a torn last line (the process was killed mid-write) is cut off, and `existing` counts the
-  complete records already there, so a job resumes exactly after the last durable record.
+  On open, what follows the last complete record is cut off, and `existing` counts the records
+  before it, so a job resumes exactly after the last durable record. Without `parse` a record is a
+  newline-terminated line (a torn last line, from a kill mid-write, is cut). With `parse` (e.g.
+  `Solution.from_dict`) each line must also parse: malformed lines at the end (a crash can leave
+  one that still ends in a newline) are cut too and counted in `dropped`, while a malformed line
+  followed by a good one is damage, not a torn tail, and raises `DataError`. `visit(i, record)`
+  sees every kept record in order (a resumable job checks they are its own rows).
   """
 
-  def __init__(self, path: str):
-    self.path = path
+  def __init__(self, path: str, parse: Callable[[Any], Any] | None = None,
+               visit: Callable[[int, Any], None] | None = None):
+    self.path, self.dropped = path, 0
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    self.existing = self._repair()
+    self.existing = self._repair(parse, visit)
     self._f = open(path, "a", encoding="utf-8")
 
-  def _repair(self) -> int:
+  def _repair(self, parse, visit) -> int:
     if not os.path.exists(self.path):
       return 0
-    with open(self.path, "rb+") as f:
-      data = f.read()
-      end = data.rfind(b"\n") + 1
-      if end != len(data):
-        f.truncate(end)
-    return data[:end].count(b"\n")
+    count, good_end, end, bad, lines = 0, 0, 0, None, 0
+    with open(self.path, "rb") as f:
+      for lineno, raw in enumerate(f, 1):
+        end, lines = end + len(raw), lineno
+        if not raw.endswith(b"\n"):
+          break  # torn: the last line, killed mid-write
+        if parse is not None:
+          try:
+            rec = parse(json.loads(raw.decode("utf-8")))
+          except (UnicodeDecodeError, json.JSONDecodeError, ValueError, KeyError, TypeError,
+                  AttributeError) as e:
+            bad = bad or (lineno, _line_error(e))
+            continue
+          if bad is not None:
+            raise DataError(f"{self.path}:{bad[0]}: {bad[1]}, and good records follow it: "
+                            "damaged, not a torn tail; repair or move the file")
+          if visit is not None:
+            visit(count, rec)
+        count += 1
+        good_end = end
+      size = f.seek(0, os.SEEK_END)
+    if good_end != size:
+      self.dropped = lines - count
+      with open(self.path, "rb+") as f:
+        f.truncate(good_end)
+    return count
 
   def write(self, rec: Any) -> None:
     self._f.write(_dumps(rec) + "\n")

@@ -8,6 +8,7 @@
       checkpoints/N/   train state + data-iterator position (orbax), for resuming training
       metrics.jsonl    one line per logged step (tb/: the same as TensorBoard events)
       summary.json     what the run did: steps, mesh, parameters
+      .lock            only while training writes the run (flock; it names the process)
 
 `RunDir` owns that layout (every path into a run is spelled here and nowhere else); `Run.open(spec,
 mesh, rules)` opens a finished run directory or `hf:PATH` (a Hugging Face folder: config.json +
@@ -92,6 +93,17 @@ class RunDir:
   def summary_path(self) -> str:
     return os.path.join(self.path, "summary.json")
 
+  @property
+  def lock_path(self) -> str:
+    """Held (flock) by the one process training into this run; removed when it is done."""
+    return os.path.join(self.path, ".lock")
+
+  def written(self) -> list[str]:
+    """The names of the files training writes here besides config.json and the tokenizer, that
+    exist: a folder holding any of them but no config.json is not a run training wrote."""
+    names = ("params", "checkpoints", "metrics.jsonl", "summary.json", "tb")
+    return [n for n in names if os.path.lexists(os.path.join(self.path, n))]
+
   def finished(self) -> bool:
     """Training ended and wrote its final parameters."""
     return os.path.exists(self.config_path) and os.path.isdir(self.params_path)
@@ -121,7 +133,8 @@ class RunDir:
       write_json(self.summary_path, summary)
 
   def save_params(self, params: nnx.State) -> None:
-    """Final parameters alone (no optimizer state): what sampling, scoring and init_from load."""
+    """Final parameters alone (no optimizer state): what sampling, scoring and init_from load.
+    They replace earlier params/ of this run: `train` checks the workdir is its own first."""
     import orbax.checkpoint as ocp
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(os.path.abspath(self.params_path), params, force=True)

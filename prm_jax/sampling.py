@@ -4,7 +4,9 @@ Prompts are left-padded to a few bucket lengths (padding holds position -1, so a
 it) and decoded with `lax.while_loop` over a fixed-size cache that is donated between calls. Every row
 has its own key, derived from (seed, problem id, sample index), so a sample does not depend on which
 batch it was drawn in: runs are deterministic per seed and a resumed run reproduces the missing rows.
-A row stops at EOS or when the line after a `# Answer` line ends.
+A row stops at EOS or when the line after a `# Answer` line ends. A batch's repeated prompts (the N
+samples of a problem, the m rollouts of a prefix) are prefilled once and their cache rows copied to
+every row that shares them (`sample.share_prompts`), with the same tokens as prefilling each row.
 """
 
 from __future__ import annotations
@@ -68,20 +70,43 @@ class SamplingConfig:
 
 
 def generate(model: CausalLM, cache: KVCache, prompts: jax.Array, positions: jax.Array,
-             keys: jax.Array, stop_next: jax.Array, stop_accept: jax.Array, sc: SamplingConfig
-             ) -> tuple[jax.Array, jax.Array, KVCache]:
-  """Samples up to `sc.max_new_tokens` after left-padded `prompts` [B,P] (positions -1 on padding).
+             keys: jax.Array, stop_next: jax.Array, stop_accept: jax.Array, sc: SamplingConfig,
+             rows: jax.Array | None = None) -> tuple[jax.Array, jax.Array, KVCache]:
+  """Samples up to `sc.max_new_tokens` after left-padded `prompts` [U,P] (positions -1 on padding).
 
-  A row stops at EOS or when a stop automaton accepts (`stopping.StopTables`: `stop_next`
-  int[A,S,V] advances each row's state per token, `stop_accept` bool[A,S]). Returns tokens
-  int32[B, max_new] (pad after the stop), lengths int32[B] (tokens generated, the stopping one
-  included), and the cache (donate it back on the next call).
+  Without `rows`, row r of the batch continues prompt r (U = B). With `rows` int32[B] (shared-prompt
+  sampling: the N samples of a problem, the m rollouts of a prefix), the U prompts are prefilled
+  once, in a U-row cache of the same length, and row r continues prompt `rows[r]`: its cache rows
+  (k, v, pos) and last logits are gathered from the prefilled ones, so a row's tokens are the ones
+  it gets with its prompt prefilled in place. A row stops at EOS or when a stop automaton accepts
+  (`stopping.StopTables`: `stop_next` int[A,S,V] advances each row's state per token, `stop_accept`
+  bool[A,S]). Returns tokens int32[B, max_new] (pad after the stop), lengths int32[B] (tokens
+  generated, the stopping one included), and the B-row cache (donate it back on the next call).
   """
-  b, p = prompts.shape
-  cache = KVCache(jnp.zeros_like(cache.k), jnp.zeros_like(cache.v), jnp.full_like(cache.pos, -1),
-                  jnp.zeros_like(cache.index))
-  logits, cache = model.decode(prompts, cache, positions)
+  from prm_jax import sharding
+  b, u = keys.shape[0], prompts.shape[0]
   next_pos = jnp.max(positions, axis=1) + 1
+  if rows is None:
+    cache = KVCache(jnp.zeros_like(cache.k), jnp.zeros_like(cache.v),
+                    jnp.full_like(cache.pos, -1), jnp.zeros_like(cache.index))
+    logits, cache = model.decode(prompts, cache, positions)
+    last = logits[:, -1]
+  else:
+    kv_axes = ("layers", "batch", "length", "kv_heads", "head_dim")
+    shape = cache.k.shape[:1] + (u,) + cache.k.shape[2:]
+    small = KVCache(sharding.constrain(jnp.zeros(shape, cache.k.dtype), kv_axes),
+                    sharding.constrain(jnp.zeros(shape, cache.v.dtype), kv_axes),
+                    sharding.constrain(jnp.full((u, cache.pos.shape[1]), -1, jnp.int32),
+                                       ("batch", None)),
+                    jnp.zeros_like(cache.index))
+    logits, small = model.decode(prompts, small, positions)
+    # Each prompt's rows to the decode rows that continue it (a gather that may cross shards).
+    cache = KVCache(sharding.constrain(jnp.take(small.k, rows, axis=1), kv_axes),
+                    sharding.constrain(jnp.take(small.v, rows, axis=1), kv_axes),
+                    sharding.constrain(jnp.take(small.pos, rows, axis=0), ("batch", None)),
+                    small.index)
+    last = sharding.constrain(jnp.take(logits[:, -1], rows, axis=0), ("batch", None))
+    next_pos = jnp.take(next_pos, rows, axis=0)
   automata = jnp.arange(stop_next.shape[0])[None, :]
   tokens = jnp.full((b, sc.max_new_tokens), sc.pad_id, jnp.int32)
 
@@ -107,7 +132,7 @@ def generate(model: CausalLM, cache: KVCache, prompts: jax.Array, positions: jax
     logits, cache = model.decode(tok[:, None], cache, pos[:, None])
     return i + 1, cache, logits[:, -1], tokens, done, states, lengths, pos + 1
 
-  state = (jnp.int32(0), cache, logits[:, -1], tokens, jnp.zeros(b, bool),
+  state = (jnp.int32(0), cache, last, tokens, jnp.zeros(b, bool),
            jnp.zeros((b, stop_next.shape[0]), jnp.int32), jnp.zeros(b, jnp.int32), next_pos)
   _, cache, _, tokens, _, _, lengths, _ = jax.lax.while_loop(cond, body, state)
   return tokens, lengths, cache
@@ -139,18 +164,22 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int
 
 
 def make_generate_fn(graphdef, params, cfg, sc: SamplingConfig, batch: int, length: int, mesh,
-                     rules):
+                     rules, unique: int | None = None):
   """`fn(params, cache, tokens, positions, key_data, stop_next, stop_accept) -> (tokens, lengths,
   cache)` with explicit shardings (rows over the batch axes; `key_data` uint32[B, 2] from
   `row_keys`; the stop tables replicated), the outputs replicated (every process reads them) and the
   cache donated, plus a cache placed on the mesh.
+
+  With `unique=U` (shared-prompt sampling), `tokens` / `positions` hold U prompts [U, length] and
+  `fn` takes one more argument, `rows` int32[B] (replicated): the prompt each row continues (see
+  `generate`). The cache is the same B-row one, so the two kinds of program can share it.
 
   Placing the cache matters: an unplaced cache next to mesh-placed weights is not aliased across
   the decode loop, which costs about 4x on CPU.
   """
   from prm_jax import sharding
   total = length + sc.max_new_tokens
-  row = sharding.logical_sharding(("batch", None), (batch, length), mesh, rules)
+  row = sharding.logical_sharding(("batch", None), (unique or batch, length), mesh, rules)
   kv = sharding.logical_sharding(("layers", "batch", "length", "kv_heads", "head_dim"),
                                  (cfg.num_layers, batch, total, cfg.num_kv_heads, cfg.head_dim),
                                  mesh, rules)
@@ -159,10 +188,10 @@ def make_generate_fn(graphdef, params, cfg, sc: SamplingConfig, batch: int, leng
   keys_sh = sharding.logical_sharding(("batch", None), (batch, 2), mesh, rules)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   fn = sharding.jit_apply(
-      lambda m, c, t, p, k, nxt, acc: generate(m, c, t, p, jax.random.wrap_key_data(k), nxt, acc,
-                                               sc), graphdef,
+      lambda m, c, t, p, k, nxt, acc, *rows: generate(
+          m, c, t, p, jax.random.wrap_key_data(k), nxt, acc, sc, *rows), graphdef,
       sharding.state_shardings(params, mesh, rules),
-      (cache_sh, row, row, keys_sh, replicated, replicated),
+      (cache_sh, row, row, keys_sh, replicated, replicated) + ((replicated,) if unique else ()),
       (replicated, replicated, cache_sh), mesh, rules, donate_argnums=(1,))
   return fn, jax.device_put(KVCache.init(cfg, batch, total), cache_sh)
 
@@ -197,8 +226,11 @@ class Sampler:
                        f"embedding table of {model.cfg.vocab_size}")
     self.graphdef, params = nnx.split(model)
     self.params = jax.device_put(params, sharding.state_shardings(params, self.mesh, self.rules))
-    div = sharding.batch_divisor(self.mesh, self.rules)
+    div = self.div = sharding.batch_divisor(self.mesh, self.rules)
     self.batch_size = max(div, s.batch_size - s.batch_size % div)
+    # Rows continuing the same prompt prefill it once (`generate`'s `rows`); False prefills every
+    # row (the same tokens: each row's key is its own). `prefilled_rows` counts prompt rows run.
+    self.share_prompts, self.prefilled_rows = bool(s.get("share_prompts", True)), 0
     self.buckets, self.grading_mode = tuple(s.buckets), s.grading_mode
     self.format = StepFormat.from_config(config.get("format"))
     self.format.check(tokenizer)
@@ -225,13 +257,22 @@ class Sampler:
     run = Run.open(spec, mesh, rules, **Run.holding(spec, config)).require("sampling", "sft")
     return cls(run.model, run.tokenizer, run.with_format(config), mesh, rules)
 
-  def _fn(self, length: int):
-    """One compiled program and one donated cache per prompt bucket."""
-    if length not in self._fns:
-      self._fns[length], self._caches[length] = make_generate_fn(
-          self.graphdef, self.params, self.cfg, self.sc, self.batch_size, length, self.mesh,
-          self.rules)
-    return self._fns[length]
+  def _fn(self, length: int, unique: int | None = None):
+    """One compiled program per (prompt bucket, unique prompts: None for one per row) and one
+    donated cache per prompt bucket, which the programs of that bucket share."""
+    if (length, unique) not in self._fns:
+      fn, cache = make_generate_fn(self.graphdef, self.params, self.cfg, self.sc, self.batch_size,
+                                   length, self.mesh, self.rules, unique)
+      self._fns[length, unique] = fn
+      self._caches.setdefault(length, cache)
+    return self._fns[length, unique]
+
+  def _unique_bucket(self, u: int) -> int | None:
+    """Rows to prefill for u distinct prompts: the mesh's batch divisor times a power of two (few
+    programs), or None (one prompt per row) when that saves nothing."""
+    div = self.div
+    ub = div * (1 << max(0, -(-u // div) - 1).bit_length())
+    return ub if self.share_prompts and ub < self.batch_size else None
 
   def sample(self, problems, n: int, seed: int = 0, progress: bool = False):
     """All `n` samples of each problem, problem by problem, as one list."""
@@ -256,16 +297,26 @@ class Sampler:
     return [out[i * m:(i + 1) * m] for i in range(len(prefixes))]
 
   def _generate(self, prompts: list[list[int]], keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One fixed-shape batch: prompts padded to the bucket of the longest, placed on the mesh."""
+    """One fixed-shape batch: prompts padded to the bucket of the longest, placed on the mesh.
+    Rows with the same prompt share one prefill (`generate`'s `rows`) when that saves rows."""
     from prm_jax import sharding
     length = bucket_length(max(map(len, prompts)), self.buckets)
-    fn = self._fn(length)
+    index: dict[tuple[int, ...], int] = {}
+    rows = np.array([index.setdefault(tuple(p), len(index)) for p in prompts], np.int32)
+    unique = self._unique_bucket(len(index))
+    if unique is not None:
+      prompts = [list(p) for p in index] + [prompts[0]] * (unique - len(index))
+    fn = self._fn(length, unique)
     tokens, positions = left_pad(prompts, length, self.tok.pad_id)
+    self.prefilled_rows += len(prompts)
     row = sharding.logical_sharding(("batch", None), tokens.shape, self.mesh, self.rules)
     key_sh = sharding.logical_sharding(("batch", None), keys.shape, self.mesh, self.rules)
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    extra = () if unique is None else (sharding.put_global(rows, replicated),)
     out, lengths, self._caches[length] = fn(
         self.params, self._caches[length], sharding.put_global(tokens, row),
-        sharding.put_global(positions, row), sharding.put_global(keys, key_sh), *self._stop_arrays)
+        sharding.put_global(positions, row), sharding.put_global(keys, key_sh), *self._stop_arrays,
+        *extra)
     return sharding.to_host(out), sharding.to_host(lengths)
 
   def _run(self, jobs, seed: int, progress: bool, start: int = 0):
@@ -319,26 +370,31 @@ class Sampler:
                     meta=meta)
 
 
-def sample_to_file(sampler: Sampler, problems, output: str, n: int, seed: int) -> dict:
+def sample_to_file(sampler: Sampler, problems, output: str, n: int, seed: int,
+                   claim=None) -> dict:
   """`prm-jax sample`: streams graded samples to `output` in input order (problem by problem, then
   sample index) and resumes where an earlier run stopped, on one process or many (every process
-  generates its devices' share of each batch; process 0 writes the one output file)."""
+  generates its devices' share of each batch; process 0 writes the one output file). The rows
+  already there must be this run's first rows (problem id, sample index, seed); the output is
+  locked while it is written (`distributed.ResumableOutput`; `claim`: an `OutputClaim` the caller
+  took earlier)."""
   from prm_jax import distributed
-  from prm_jax.records import read_solutions
   problems = list(problems)
   want = [(p.problem_id, k) for p in problems for k in range(n)]
 
-  def check_existing(path):  # the rows already there must be the first jobs, in order
-    for i, s in enumerate(read_solutions(path)):
-      got = (s.problem_id, s.meta.get("sample_idx"))
-      if i >= len(want) or got != want[i]:
-        raise ValueError(f"{path}:{i + 1}: holds sample {got}, but this run's row {i + 1} is "
-                         f"{want[i] if i < len(want) else 'past the end'}; it was written from "
-                         "other problems or another n: choose another --output")
-  with distributed.ResumableOutput(output, check_existing) as out:
+  def check_existing(i, s):  # row i already there must be this run's row i
+    got = (s.problem_id, s.meta.get("sample_idx"))
+    if i >= len(want) or got != want[i]:
+      raise ValueError(f"{output}:{i + 1}: holds sample {got}, but this run's row {i + 1} is "
+                       f"{want[i] if i < len(want) else 'past the end'}; it was written from "
+                       "other problems or another n: choose another --output")
+    if s.meta.get("seed") != seed:
+      raise ValueError(f"{output}:{i + 1}: was sampled with seed {s.meta.get('seed')!r}, this run "
+                       f"has config.seed={seed}: choose another --output or the same seed")
+  with distributed.ResumableOutput(output, check_existing, claim) as out:
     written = 0
     for batch in sampler.iter_batches(problems, n, seed, start=out.done, progress=True):
       out.write_all(batch)
       written += len(batch)
   return {"problems": len(problems), "resumed_from": out.done, "written": written,
-          **distributed.mesh_summary(sampler.mesh)}
+          "repaired_tail_lines": out.dropped, **distributed.mesh_summary(sampler.mesh)}

@@ -7,7 +7,9 @@ tokenizer's `encode(text, add_special_tokens=False)` exactly.
 
 The sentencepiece models this project trains give newlines a dedicated token (`<nl>`): text is split
 into lines, each line is encoded by sentencepiece, and the lines are joined with the newline id, so
-line structure never depends on sentencepiece's whitespace handling.
+line structure never depends on sentencepiece's whitespace handling. For exports,
+`SentencePieceTokenizer.save_hf` writes the same tokenizer as a Hugging Face one (`to_hf_tokenizer`:
+the newline rule in its normaliser): transformers' ids equal `encode`'s.
 """
 
 from __future__ import annotations
@@ -105,6 +107,121 @@ class SentencePieceTokenizer:
         out.extend(self.sp.encode(line))
     return out
 
+  def to_hf_tokenizer(self) -> Any:
+    """This tokenizer as a Hugging Face `tokenizers.Tokenizer` (an export's `tokenizer.json`): the
+    same ids as `encode` for any text (BOS first with `add_special_tokens`), the same text as
+    `decode` for ids whose byte pieces spell whole characters (all that `encode` makes).
+
+    For what `train_sentencepiece` writes (BPE or unigram, identity normalisation, no dummy prefix,
+    spaces kept, byte fallback); any other sentencepiece model raises ValueError.
+    - normaliser: "\n" -> `<nl>`, then " " -> "\u2581": the line split, then all that
+      sentencepiece's identity normalisation does. `<nl>` (a user-defined piece) is an added token,
+      so it is cut out whole, in text or from a newline, as sentencepiece does;
+    - the model reads whole lines, as sentencepiece does. BPE: sentencepiece merges the adjacent
+      pair whose concatenation is the best-scored piece, so every split of a piece into two pieces
+      is a merge, ranked by that piece's score. Unigram: the pieces and scores, except that control
+      and byte pieces are no candidates in sentencepiece's lattice: their scores go below spelling
+      them out, and a pre-tokenizer cuts a literal "<s>" or "<0x41>" at a point no piece crosses
+      (after "<"), since where a character is unknown no score keeps them out;
+    - control pieces (pad, unk, BOS, EOS) are special tokens; an export's tokenizer_config.json sets
+      `split_special_tokens` so transformers reads "<s>" in text as text, as sentencepiece does.
+    """
+    import re
+
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer as HFBackend
+    from tokenizers import processors
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(self.proto)
+    norm, trainer, Piece = proto.normalizer_spec, proto.trainer_spec, pb.ModelProto.SentencePiece
+    pieces = [(p.piece, p.score, p.type) for p in proto.pieces]
+    kind = {pb.TrainerSpec.BPE: "bpe", pb.TrainerSpec.UNIGRAM: "unigram"}.get(trainer.model_type)
+    unsupported = [what for what, bad in (
+        (f"model_type {pb.TrainerSpec.ModelType.Name(trainer.model_type)}", kind is None),
+        (f"normalization {norm.name!r}", norm.name != "identity" or norm.precompiled_charsmap),
+        ("add_dummy_prefix", norm.add_dummy_prefix),
+        ("remove_extra_whitespaces", norm.remove_extra_whitespaces),
+        ("no escape_whitespaces", not norm.escape_whitespaces),
+        ("treat_whitespace_as_suffix", trainer.treat_whitespace_as_suffix),
+        ("no byte_fallback", not trainer.byte_fallback),
+        ("unused pieces", any(k == Piece.UNUSED for _, _, k in pieces)),
+        (f"{NEWLINE} not user-defined", pieces[self.nl_id][2] != Piece.USER_DEFINED)) if bad]
+    if unsupported:
+      raise ValueError(f"a sentencepiece model with {', '.join(unsupported)} was not trained by "
+                       "prm_jax.tokenizer.train_sentencepiece; it has no tokenizer.json conversion")
+    normal = {p: i for i, (p, _, k) in enumerate(pieces) if k == Piece.NORMAL}
+    reserved = [p for p, _, k in pieces if k in (Piece.CONTROL, Piece.UNKNOWN, Piece.BYTE)]
+    unk = pieces[self.sp.unk_id()][0]
+    pre_tokenizer = None
+    if kind == "bpe":
+      merges = []  # among normal pieces only: sentencepiece never merges into a reserved one
+      for piece in sorted(normal, key=lambda p: (-pieces[normal[p]][1], normal[p])):
+        merges += [(piece[:k], piece[k:]) for k in range(1, len(piece))
+                   if piece[:k] in normal and piece[k:] in normal]
+      model = models.BPE({p: i for i, (p, _, _) in enumerate(pieces)}, merges, unk_token=unk,
+                         byte_fallback=True, fuse_unk=False)
+    else:
+      lowest = min([pieces[i][1] for i in normal.values()] + [-1.0])
+      never = (max(map(len, reserved)) + 1) * lowest - 10.0  # below any spelling from characters
+      model = models.Unigram([(p, s if k == Piece.NORMAL else never) for p, s, k in pieces],
+                             unk_id=self.sp.unk_id(), byte_fallback=True)
+      # A cut inside each reserved name, between two characters no piece holds side by side.
+      pairs = {q[j:j + 2] for q in normal for j in range(len(q) - 1)}
+      cuts: dict[str, list[str]] = {}
+      for name in reserved:
+        k = next((k for k in range(1, len(name)) if name[k - 1:k + 1] not in pairs), None)
+        if k is not None:
+          cuts.setdefault(name[:k], []).append(re.escape(name[k:]))
+      if cuts:
+        pattern = "|".join(f"{re.escape(head)}(?={'|'.join(tails)})"
+                           for head, tails in cuts.items())
+        pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="merged_with_previous")
+    tok = HFBackend(model)
+    tok.normalizer = normalizers.Sequence([normalizers.Replace("\n", NEWLINE),
+                                           normalizers.Replace(" ", "\u2581")])
+    if pre_tokenizer is not None:
+      tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.Sequence([decoders.Replace(NEWLINE, "\n"),
+                                     decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                     decoders.Fuse()])
+    tok.add_tokens([AddedToken(p, special=False, normalized=True)
+                    for p, _, k in pieces if k == Piece.USER_DEFINED])
+    tok.add_special_tokens([AddedToken(p, special=True, normalized=False)
+                            for p, _, k in pieces if k in (Piece.CONTROL, Piece.UNKNOWN)])
+    if self.bos_id >= 0:
+      bos = pieces[self.bos_id][0]
+      tok.post_processor = processors.TemplateProcessing(
+          single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+          special_tokens=[(bos, self.bos_id)])
+    return tok
+
+  def save_hf(self, directory: str, *, model_max_length: int | None = None,
+              chat_template: str | None = None) -> list[str]:
+    """Writes this tokenizer as a Hugging Face one into `directory` (an export): tokenizer.json
+    (`to_hf_tokenizer`), tokenizer_config.json (PreTrainedTokenizerFast), special_tokens_map.json,
+    and tokenizer.model beside them (what `load_tokenizer(directory)` opens). Returns the paths."""
+    from prm_jax.records import write_json
+    hf = self.to_hf_tokenizer()  # first: a model it cannot convert leaves nothing behind
+    os.makedirs(directory, exist_ok=True)
+    special = {name: self.sp.id_to_piece(i) for name, i in (
+        ("bos_token", self.bos_id), ("eos_token", self.eos_id), ("unk_token", self.sp.unk_id()),
+        ("pad_token", self.pad_id)) if i >= 0}
+    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", **special,
+                              "clean_up_tokenization_spaces": False,
+                              "split_special_tokens": True}  # "<s>" in text is text, as here
+    if model_max_length:
+      config["model_max_length"] = int(model_max_length)
+    if chat_template:
+      config["chat_template"] = chat_template
+    paths = [os.path.join(directory, f) for f in (
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")]
+    hf.save(paths[0])
+    write_json(paths[1], config)
+    write_json(paths[2], special)
+    return paths + [self.save_pretrained(directory)]
+
   def decode(self, ids: Sequence[int]) -> str:
     lines, cur = [], []
     for i in ids:
@@ -195,6 +312,14 @@ def load_tokenizer(path: str) -> SentencePieceTokenizer | HFTokenizer:
     raise FileNotFoundError(f"tokenizer {path} does not exist")
   if os.path.isdir(os.path.join(path, HF_DIR)):
     return HFTokenizer.load(os.path.join(path, HF_DIR))
+  # An export of a sentencepiece run holds tokenizer.json too, converted from its tokenizer.model
+  # (`SentencePieceTokenizer.save_hf`). The model itself wins: it is what the run trained and scored
+  # with (so `hf:DIR` scores as the run did, decode drops control ids the same way) and needs no
+  # transformers. Hugging Face folders that ship a tokenizer.model without `<nl>` (LLaMA's) are
+  # read through tokenizer.json.
+  own = _own_sentencepiece(os.path.join(path, SP_FILE))
+  if own is not None:
+    return own
   if any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json",
                                                         "tokenizer_config.json")):
     return HFTokenizer.load(path)
@@ -202,6 +327,16 @@ def load_tokenizer(path: str) -> SentencePieceTokenizer | HFTokenizer:
     return SentencePieceTokenizer.load(os.path.join(path, SP_FILE))
   raise FileNotFoundError(f"{path} holds no tokenizer (tokenizer.json, tokenizer_config.json, "
                           f"{HF_DIR}/ or {SP_FILE})")
+
+
+def _own_sentencepiece(path: str) -> SentencePieceTokenizer | None:
+  """The sentencepiece model at `path` when there is one with this project's `<nl>` piece."""
+  if not os.path.isfile(path):
+    return None
+  try:
+    return SentencePieceTokenizer.load(path)
+  except (ValueError, RuntimeError, OSError):
+    return None
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int = 4000, model_type: str = "bpe",

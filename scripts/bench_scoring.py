@@ -1,21 +1,84 @@
 """Scoring benchmarks, each a ratio against a peer measured in the same run.
 
-1. Per-solution aggregation of 100k solutions (prod, min, last) with the jitted segment-reduction
-   scorer vs a Python loop over solutions (how most PRM evaluation scripts do it).
+1. Per-solution aggregation of 100k solutions (prod, min, last; 8 and 15 steps per solution on
+   average) with `aggregate_step_scores`' contiguous-run path (layout "sorted" / "grouped") and its
+   general segment-reduction path vs a Python loop over solutions (how most PRM evaluation scripts
+   do it).
 2. The full scorer (forward + step-end gather + aggregate) on packed rows vs one solution per row,
    same model, same solutions.
+3. `Scorer` (packing, the project's default path) vs the common peer: the same randomly initialised
+   PRM exported to Hugging Face (`hf_export.export`) and run in `transformers` as a token
+   classifier in padded batches, one solution per row, P(ok) read at the step ends (how TRL /
+   ProcessBench scripts score), on the same token ids; solutions per second at each `--peer-sizes`,
+   for packed rows of each `--peer-seq-lens` (score.seq_len; 1024 is the config's default). The
+   peer runs in `--torch-python` (an interpreter with torch and transformers; default: this one;
+   "" skips it) with the faster, on a warm-up batch, of torch's default thread count and one
+   thread (on a busy machine torch's spinning threads can be ten times slower).
 
     python scripts/bench_scoring.py [--solutions 100000] [--size tiny|small] [--dtype bfloat16]
+        [--torch-python PYTHON] [--peer-sizes tiny,small] [--parts aggregation,scorer,peer]
 """
 
 import argparse
+import dataclasses
+import json
 import math
 import os
 import pathlib
+import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def transformers_peer(folder: str, batch: int) -> None:
+  """The peer, in the torch interpreter: `AutoModelForTokenClassification` over `folder`'s export,
+  padded batches of `batch` solutions in input order, per-solution prod / min / last in Python.
+  Prints {"seconds", "prod"} as JSON."""
+  import torch
+  import transformers
+  torch.manual_seed(0)
+  model = transformers.AutoModelForTokenClassification.from_pretrained(
+      folder, dtype=torch.float32).eval()
+  with open(os.path.join(folder, "solutions.json")) as f:
+    sols = json.load(f)
+
+  def score(rows):
+    out = []
+    width = max(len(r["tokens"]) for r in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+      ids[i, :len(r["tokens"])] = torch.tensor(r["tokens"])
+      mask[i, :len(r["tokens"])] = 1
+    with torch.inference_mode():
+      probs = model(input_ids=ids, attention_mask=mask).logits.softmax(-1)
+    for i, r in enumerate(rows):
+      ok = (1 - probs[i, r["step_ends"], 0]).tolist()  # neutral counts as ok: 1 - P(neg)
+      out.append({"prod": math.prod(ok), "min": min(ok, default=0.0),
+                  "last": ok[-1] if ok else 0.0})
+    return out
+  timing = {}
+  for threads in sorted({torch.get_num_threads(), 1}, reverse=True):  # warm-up; keep the faster
+    torch.set_num_threads(threads)
+    score(sols[:batch])
+    t = time.perf_counter()
+    score(sols[:batch])
+    timing[threads] = time.perf_counter() - t
+  torch.set_num_threads(min(timing, key=timing.get))
+  t = time.perf_counter()
+  scores = [s for i in range(0, len(sols), batch) for s in score(sols[i:i + batch])]
+  seconds = time.perf_counter() - t
+  print(json.dumps({"seconds": seconds, "prod": [s["prod"] for s in scores],
+                    "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__" and "--transformers-peer" in sys.argv:  # before importing JAX
+  transformers_peer(sys.argv[-2], int(sys.argv[-1]))
+  sys.exit(0)
+
 sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
@@ -38,16 +101,20 @@ def timed(fn, repeats=3):
   return best
 
 
-def bench_aggregation(n_solutions: int, seed: int = 0):
+def bench_aggregation(n_solutions: int, max_steps: int, seed: int = 0):
+  """prod / min / last of `n_solutions` ragged solutions (1..max_steps steps each, sorted owners):
+  the contiguous-run path (layout="sorted", and "grouped", which does not use the order) and the
+  segment path (layout="any") vs a Python loop of per-solution products."""
   rng = np.random.default_rng(seed)
-  steps_per = rng.integers(1, 30, size=n_solutions)
+  steps_per = rng.integers(1, max_steps + 1, size=n_solutions)
   ids = np.repeat(np.arange(n_solutions, dtype=np.int32), steps_per)
   probs = rng.random(len(ids)).astype(np.float32)
   p_dev, i_dev = jnp.asarray(probs), jnp.asarray(ids)
-  agg = jax.jit(lambda p, i: {m: aggregate_step_scores(p, i, n_solutions, m) for m in METHODS})
 
-  def jitted():
-    jax.block_until_ready(agg(p_dev, i_dev))
+  def jitted(layout):
+    agg = jax.jit(lambda p, i: {m: aggregate_step_scores(p, i, n_solutions, m, layout=layout)
+                                for m in METHODS})
+    return (lambda: jax.block_until_ready(agg(p_dev, i_dev))), agg
 
   def python_loop():  # group then reduce per solution, the common evaluation-script pattern
     out = {m: [] for m in METHODS}
@@ -58,12 +125,21 @@ def bench_aggregation(n_solutions: int, seed: int = 0):
       out["min"].append(min(p))
       out["last"].append(p[-1])
     return out
-  t_jit, t_py = timed(jitted), timed(python_loop, repeats=1)
   ref = python_loop()
-  got = agg(p_dev, i_dev)
-  err = max(float(np.max(np.abs(np.asarray(got[m]) - np.asarray(ref[m])))) for m in METHODS)
-  print(f"aggregation, {n_solutions:,} solutions / {len(ids):,} steps: jitted {t_jit * 1e3:.1f} ms, "
-        f"python loop {t_py * 1e3:.0f} ms -> {t_py / t_jit:.0f}x faster (max |diff| {err:.1e})")
+  times, errs = {}, {}
+  for layout in ("sorted", "grouped", "any"):
+    run, agg = jitted(layout)
+    times[layout] = timed(run, repeats=20)
+    got = agg(p_dev, i_dev)
+    errs[layout] = max(float(np.max(np.abs(np.asarray(got[m]) - np.asarray(ref[m]))))
+                       for m in METHODS)
+  t_py = timed(python_loop, repeats=3)
+  print(f"aggregation (prod, min, last), {n_solutions:,} solutions / {len(ids):,} steps "
+        f"(1-{max_steps} each): python loop {t_py * 1e3:.0f} ms")
+  for layout, name in (("sorted", "contiguous path, sorted"),
+                       ("grouped", "contiguous path, grouped"), ("any", "segment path")):
+    print(f"  {name:26s} {times[layout] * 1e3:7.2f} ms  {t_py / times[layout]:5.0f}x the loop, "
+          f"{times['any'] / times[layout]:4.1f}x the segment path  (max |diff| {errs[layout]:.1e})")
 
 
 def bench_scorer(size: str, dtype: str, n: int, seq_len: int, rows: int, seed: int = 0):
@@ -97,6 +173,78 @@ def bench_scorer(size: str, dtype: str, n: int, seq_len: int, rows: int, seed: i
         f"({n / tu:,.0f} sol/s) -> packed {tu / tp:.1f}x faster")
 
 
+def synthetic_solutions(n: int, seed: int = 0):
+  """Solutions shaped like PRM800K's: a problem, 3-15 steps of words and numbers (with the
+  sentencepiece model trained on them, ~100-300 tokens)."""
+  from prm_jax.records import Solution
+  rng = np.random.default_rng(seed)
+  words = ["the", "of", "so", "we", "get", "then", "sum", "is", "let", "be", "and", "equals",
+           "hence", "total", "each", "number", "x", "y", "+", "-", "=", "\\frac", "times"]
+
+  def sentence(lo, hi):
+    return " ".join(str(rng.integers(0, 1000)) if rng.random() < 0.25 else words[rng.integers(
+        len(words))] for _ in range(rng.integers(lo, hi)))
+  return [Solution(problem_id=str(i), problem=sentence(10, 40),
+                   steps=[sentence(4, 24) for _ in range(rng.integers(3, 16))])
+          for i in range(n)]
+
+
+def bench_vs_transformers(size: str, n: int, torch_python: str, batch: int,
+                          seq_lens: list[int], seed: int = 0):
+  """Scorer (packed rows of each of `seq_lens` tokens; the config's default first) vs
+  transformers' token-classification forward on the same ids, solutions per second."""
+  from prm_jax.configs import base
+  from prm_jax.model.hf_export import export
+  from prm_jax.scoring import Scorer
+  from prm_jax.step_format import StepFormat
+  from prm_jax.tokenizer import train_sentencepiece
+  cfg = ModelConfig.from_dict(dict(model_sizes.get(size).to_dict(), dtype="float32",
+                                   param_dtype="float32"))
+  sols = synthetic_solutions(n, seed)
+  tok = train_sentencepiece([s.problem + "\n" + s.text for s in sols[:2000]],
+                            vocab_size=min(cfg.vocab_size, 2000))
+  model = RewardModel(cfg, "prm", rngs=nnx.Rngs(seed))
+  encode = StepFormat.from_config(base.get_config().get("format")).encode  # the scorer's
+  longest = min([cfg.max_seq_len] + seq_lens) - 1  # every solution whole on both sides
+  sols = [dataclasses.replace(s, steps=s.steps[:len(s.steps) - encode(
+      tok, s.problem, s.steps, max_len=longest).truncated_steps]) for s in sols]
+  encoded = [encode(tok, s.problem, s.steps) for s in sols]
+  tokens = sum(len(e.tokens) for e in encoded)
+  print(f"PRM scoring, {size} ({cfg.num_layers} layers, dim {cfg.dim}, vocab {cfg.vocab_size}, "
+        f"float32), {n} solutions, {tokens:,} tokens (mean {tokens / n:.0f}, longest "
+        f"{max(len(e.tokens) for e in encoded)}):")
+  ours = {}
+  for seq_len in seq_lens:
+    config = base.get_config()
+    config.score.seq_len = seq_len
+    scorer = Scorer(model, tok, config)
+    list(scorer.score(sols[:scorer.chunk]))  # compile
+    t = time.perf_counter()
+    scored = list(scorer.score(sols))
+    ours[seq_len] = (time.perf_counter() - t, scored, scorer.rows)
+  peer = None
+  if torch_python:
+    with tempfile.TemporaryDirectory() as d:
+      export(model, tok, d)
+      with open(os.path.join(d, "solutions.json"), "w") as f:
+        json.dump([{"tokens": e.tokens.tolist(), "step_ends": e.step_ends.tolist()}
+                   for e in encoded], f)
+      out = subprocess.run([torch_python, __file__, "--transformers-peer", d, str(batch)],
+                           check=True, capture_output=True, text=True)
+    peer = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  transformers AutoModelForTokenClassification, padded batches of {batch} (one "
+          f"solution per row), {peer['threads']} torch thread(s): {peer['seconds']:.2f}s = "
+          f"{n / peer['seconds']:,.1f} sol/s")
+  for seq_len, (seconds, scored, rows) in ours.items():
+    line = (f"  prm_jax Scorer, packed rows of {seq_len} ({rows} per batch): {seconds:.2f}s = "
+            f"{n / seconds:,.1f} sol/s")
+    if peer:
+      diff = max(abs(a.scores["prm"] - b) for a, b in zip(scored, peer["prod"]))
+      line += (f" -> {peer['seconds'] / seconds:.2f}x the peer's solutions/s "
+               f"(max |prod diff| {diff:.1e})")
+    print(line)
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--solutions", type=int, default=100_000)
@@ -105,10 +253,25 @@ def main():
   ap.add_argument("--scorer-solutions", type=int, default=512)
   ap.add_argument("--seq-len", type=int, default=256)
   ap.add_argument("--rows", type=int, default=16)
+  ap.add_argument("--torch-python", default=sys.executable)
+  ap.add_argument("--peer-sizes", default="tiny,small")
+  ap.add_argument("--peer-solutions", type=int, default=256)
+  ap.add_argument("--peer-batch", type=int, default=16)
+  ap.add_argument("--peer-seq-lens", default="1024,256",
+                  help="the Scorer's packed row lengths (score.seq_len; 1024 is the default)")
+  ap.add_argument("--parts", default="aggregation,scorer,peer")
   args = ap.parse_args()
+  parts = set(args.parts.split(","))
   print(f"devices: {jax.devices()}")
-  bench_aggregation(args.solutions)
-  bench_scorer(args.size, args.dtype, args.scorer_solutions, args.seq_len, args.rows)
+  if "aggregation" in parts:
+    for max_steps in (15, 29):  # 8 steps per solution on average; 15 (1.5M steps at 100k)
+      bench_aggregation(args.solutions, max_steps)
+  if "scorer" in parts:
+    bench_scorer(args.size, args.dtype, args.scorer_solutions, args.seq_len, args.rows)
+  if "peer" in parts:
+    for size in args.peer_sizes.split(","):
+      bench_vs_transformers(size, args.peer_solutions, args.torch_python, args.peer_batch,
+                            [int(x) for x in args.peer_seq_lens.split(",")])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The toy domain's oracle and the labellers (on the synthetic domain)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -29,9 +30,24 @@ P = "Start with 7, add 5, multiply by 3, subtract 4. What is the result?"
     (["7+5=12", "12*3=36", "36-4=32", "# Answer", "33"], [1, 1, 1, 1, -1]),  # wrong final answer
     (["7+5=12", "12*4=48"], [1, -1]),                         # an operation not in the problem
     (["7+5=12", "so the answer is 99"], [1, -1]),             # an unreadable claim
+    # the sampler's steps (StepFormat.split): the answer line joins its header, PRM800K's way
+    (["7+5=12", "12*3=36", "36-4=32", "# Answer\n\n32"], [1, 1, 1, 1]),
+    (["7+5=12", "12*3=36", "36-4=32", "# Answer\n\n33"], [1, 1, 1, -1]),
+    (["7+5=12", "12*3=36", "# Answer\n\n36"], [1, 1, -1]),  # premature, with its answer
 ])
 def test_oracle_on_hand_made_steps(steps, want):
   assert synthetic.oracle_labels(P, steps) == want
+
+
+def test_the_oracle_rates_a_right_sampled_solution_all_positive():
+  """What the demo labels is the sampler's split of generated text, not the reference's lines."""
+  from prm_jax.step_format import StepFormat
+  fmt = StepFormat.from_config(base.get_config().format)
+  for p in synthetic.make_problems(50, 8, levels=(0, 1)):
+    ref = synthetic.reference_solution(p)
+    steps = fmt.split(ref.text)
+    assert steps[-1] == f"# Answer\n\n{p.answer}"
+    assert synthetic.oracle_labels(p.problem, steps) == [1] * len(steps), steps
 
 
 def test_problems_are_seeded_disjoint_and_reference_solutions_are_right():
@@ -146,3 +162,39 @@ def test_rollout_labeller_agrees_with_the_oracle(synthetic_generator):
     hard = [1 if f > 0 else -1 for f in r.meta["soft_labels"]]  # hard = any rollout succeeds
     cut = hard.index(-1) + 1 if -1 in hard else len(hard)
     assert r.step_labels == hard[:cut] + [None] * (len(hard) - cut)
+
+
+@pytest.mark.parametrize("a,op,b,name,wrong", [
+    (13, "-", 5, "smaller_from_larger", 12), (20, "-", 4, "smaller_from_larger", 24),
+    (10, "-", 1, "smaller_from_larger", 11), (15, "-", 3, "smaller_from_larger", None),  # no borrow
+    (7, "-", 5, "smaller_from_larger", None), (13, "+", 5, "smaller_from_larger", None),
+    (7, "+", 6, "forgotten_carry", 3), (18, "+", 5, "forgotten_carry", 13),
+    (12, "+", 7, "forgotten_carry", None), (7, "*", 3, "forgotten_carry", None)])
+def test_misconceptions_apply_only_where_their_trigger_holds(a, op, b, name, wrong):
+  assert synthetic.MISCONCEPTIONS[name](a, op, b) == wrong
+
+
+def test_training_references_carry_misconceptions_at_their_rate_and_the_oracle_flags_them():
+  probs = synthetic.make_problems(3000, 5, levels=(0,))
+  clean = [synthetic.training_solution(p, np.random.default_rng(0)) for p in probs[:200]]
+  assert all(s.is_correct and s.step_labels == [1] * len(s.steps) for s in clean)
+  assert [s.steps for s in clean] == [synthetic.reference_solution(p).steps for p in probs[:200]]
+  rng = np.random.default_rng(1)
+  refs = [synthetic.training_solution(p, rng, {"smaller_from_larger": 0.7}) for p in probs]
+  rates = synthetic.misconception_rates(refs)
+  k = rates["smaller_from_larger"]["steps"]
+  assert k > 500 and abs(rates["smaller_from_larger"]["rate"] - 0.7) < 4 * (0.21 / k) ** 0.5
+  assert rates["forgotten_carry"]["rate"] == 0.0
+  wrong = synthetic.MISCONCEPTIONS["smaller_from_larger"]
+  for s in refs:
+    written = [re.fullmatch(r"(\d+)([-+*])(\d+)=(-?\d+)", line).groups() for line in s.steps[:-2]]
+    bad = [i for i, (a, op, b, r) in enumerate(written) if wrong(int(a), op, int(b)) == int(r)]
+    if s.meta["misconceptions"]:
+      # the first misconceived step is the first -1, and the answer that follows is wrong
+      assert s.step_labels.index(-1) == bad[0] and not s.is_correct, (s.steps, s.step_labels)
+    else:
+      assert s.is_correct and -1 not in s.step_labels and not bad
+  with pytest.raises(ValueError, match="unknown misconception 'borrow'"):
+    synthetic.training_solution(probs[0], rng, {"borrow": 0.5})
+  with pytest.raises(ValueError, match="must be in"):
+    synthetic.training_solution(probs[0], rng, {"forgotten_carry": 1.5})

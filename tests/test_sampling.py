@@ -221,3 +221,92 @@ def test_score_rejects_bad_lines_or_skips_them(runs, tmp_path):
   out, err = p.communicate(timeout=300)
   assert p.returncode == 0 and "1 invalid skipped" in out
   assert len(list(read_solutions(str(tmp_path / "o2.jsonl")))) == 5
+
+
+# ----------------------------------------------------------------------------- shared-prompt prefill
+
+class Recording:
+  """The tiny model, recording the rows of every prompt it prefills (at trace time)."""
+
+  def __init__(self, model):
+    self.model, self.prefills = model, []
+
+  def decode(self, tokens, cache, positions):
+    if tokens.shape[1] > 1:
+      self.prefills.append((tokens.shape, cache.k.shape))
+    return self.model.decode(tokens, cache, positions)
+
+
+def test_generate_prefills_each_prompt_once_and_matches_replicated(small_lm):
+  model = small_lm[0]
+  unique = [[2, 10, 11, 12, 4], [2, 20, 4], [2, 30, 31, 4]]
+  rows = np.array([0, 0, 0, 1, 1, 2, 2, 2], np.int32)
+  sc = SamplingConfig(max_new_tokens=10, temperature=1.0, eos_id=3, pad_id=0, banned_ids=(0, 2))
+  keys = row_keys(0, [str(r) for r in rows], range(8))
+  run = jax.jit(generate, static_argnums=(0, 7))
+  rec = Recording(model)
+  tok, pos = left_pad(unique, 8, 0)
+  shared, shared_lens, cache = run(rec, KVCache.init(model.cfg, 8, 18), tok, pos, keys,
+                                   NO_STOPS.next, NO_STOPS.accept, sc, rows)
+  assert rec.prefills == [((3, 8), (2, 3, 18, 2, 16))]  # 3 prompt rows prefilled, not 8
+  assert cache.k.shape[1] == 8 and np.array_equal(np.asarray(cache.pos)[:, :8],
+                                                  np.asarray(pos)[rows])
+  tok, pos = left_pad([unique[r] for r in rows], 8, 0)
+  rec = Recording(model)
+  want, want_lens, _ = run(rec, KVCache.init(model.cfg, 8, 18), tok, pos, keys, NO_STOPS.next,
+                           NO_STOPS.accept, sc)
+  assert rec.prefills == [((8, 8), (2, 8, 18, 2, 16))]
+  np.testing.assert_array_equal(shared, want)   # token for token
+  np.testing.assert_array_equal(shared_lens, want_lens)
+  assert len({tuple(r) for r in np.asarray(shared).tolist()}) == 8  # each row its own key
+
+
+@pytest.fixture(scope="module")
+def small_lm(tmp_path_factory):
+  """A random tiny LM and a sentencepiece tokenizer that fits it (one init for these tests)."""
+  from prm_jax.model import ModelConfig
+  from prm_jax.tokenizer import train_sentencepiece
+  texts = [f"Add {a} and {b}.\n{a}+{b}={a + b}\n# Answer\n{a + b}" for a in range(10)
+           for b in range(10)]
+  tok = train_sentencepiece(texts, vocab_size=300,
+                            path=str(tmp_path_factory.mktemp("lm") / "tok.model"))
+  cfg = ModelConfig(vocab_size=320, dim=64, num_layers=2, num_heads=4, num_kv_heads=2, mlp_dim=128)
+  return CausalLM(cfg, rngs=nnx.Rngs(0)), tok
+
+
+def small_sampler(small_lm, mesh=None, **sample):
+  c = base.get_config()
+  c.mesh.update(mesh or {})
+  c.sample.update(dict(max_new_tokens=12, temperature=1.0, buckets=[16], **sample))
+  return Sampler(*small_lm, c)
+
+
+def shared_and_replicated(sampler, draw):
+  """draw() with shared prompt prefill, then with one prefill per row: (results, raw token
+  batches, prompt rows prefilled) of each."""
+  out = []
+  for share in (True, False):
+    sampler.share_prompts, sampler.prefilled_rows, raw = share, 0, []
+    generate_batch = Sampler._generate.__get__(sampler)
+    sampler._generate = lambda p, k: raw.append(generate_batch(p, k)) or raw[-1]
+    out.append((draw(), raw, sampler.prefilled_rows))
+    del sampler._generate
+  return out
+
+
+def test_sampler_shares_prompt_prefill_token_for_token(small_lm):
+  s = small_sampler(small_lm, batch_size=16)
+  assert s.div == 8 and s.batch_size == 16 and s.share_prompts   # the default: shared
+  problems = [Problem(f"q{i}", f"Add {i} and {i + 1}.", str(2 * i + 1)) for i in range(3)]
+  key = lambda x: (x.problem_id, x.meta["sample_idx"], x.steps, x.finish_reason, x.meta)
+  for n, start, batches in ((5, 0, 1), (5, 7, 1), (8, 0, 2), (8, 17, 1)):  # 5 does not divide 16
+    (a, raw_a, rows_a), (b, raw_b, rows_b) = shared_and_replicated(
+        s, lambda: [x for batch in s.iter_batches(problems, n, 3, start=start) for x in batch])
+    assert len(a) == 3 * n - start and list(map(key, a)) == list(map(key, b))
+    for (ta, la), (tb, lb) in zip(raw_a, raw_b, strict=True):
+      np.testing.assert_array_equal(ta, tb)      # token for token, every row
+      np.testing.assert_array_equal(la, lb)
+    # <= 3 distinct prompts per batch: 8 prompt rows (the data axis' 8 devices), not 16
+    assert (rows_a, rows_b) == (8 * batches, 16 * batches)
+  assert sorted(s._fns, key=str) == [(16, 8), (16, None)]
+  assert len(s._caches) == 1    # the two programs share the bucket's donated cache

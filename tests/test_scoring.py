@@ -8,7 +8,8 @@ import pytest
 from flax import nnx
 
 from prm_jax.model import RewardModel
-from prm_jax.scoring import METHODS, aggregate_step_scores, pack_for_scoring, score_packed
+from prm_jax.scoring import (LOG_PROD, METHODS, aggregate_step_scores, pack_for_scoring,
+                             score_packed)
 
 agg = jax.jit(aggregate_step_scores, static_argnums=(2, 3))
 
@@ -56,6 +57,74 @@ def test_aggregation_edge_cases():
   assert float(agg(tiny, jnp.zeros(400, jnp.int32), 1, "prod")[0]) >= 0.0
   with pytest.raises(ValueError, match="aggregation method 'mean'"):
     aggregate_step_scores(probs, ids, 4, "mean")
+  with pytest.raises(ValueError, match="aggregation layout 'rows'"):
+    aggregate_step_scores(probs, ids, 4, "prod", layout="rows")
+
+
+ALL = METHODS + (LOG_PROD,)
+by_layout = jax.jit(lambda p, i, layout: {m: aggregate_step_scores(p, i, 16, m, layout=layout)
+                                          for m in ALL}, static_argnums=2)
+
+
+def runs_case(rng, steps=96):
+  """Ragged runs in one compiled shape (96 steps, 16 solutions): empty solutions, single steps,
+  runs past one window of the contiguous path (16) and past two, P(ok) of exactly 0 and 1. Returns
+  the sorted layout (padding after the last step) and a grouped one (runs shuffled, padding
+  between them), each as (probs, ids)."""
+  lengths = rng.choice([0, 0, 1, 1, 2, 3, 5, 8, 15, 16, 17, 33, 40], size=16)
+  lengths[lengths.cumsum() > steps - 8] = 0
+  ids = np.repeat(np.arange(16), lengths)
+  kind = rng.integers(0, 6, size=len(ids))
+  probs = np.where(kind == 0, 0.0, np.where(kind == 1, 1.0, rng.random(len(ids))))
+  if rng.random() < 0.3:  # long products of small P(ok): far below float32's smallest normal
+    probs = probs * 1e-3
+  pad = steps - len(ids)
+  ordered = (np.concatenate([probs, np.full(pad, 0.5)]), np.concatenate([ids, np.full(pad, -1)]))
+  runs = [(probs[ids == s], np.full(int((ids == s).sum()), s)) for s in rng.permutation(16)]
+  runs = [r for r in runs if len(r[0])] + [(np.full(1, 0.5), np.full(1, -1))] * pad
+  order = rng.permutation(len(runs))
+  grouped = tuple(np.concatenate([runs[k][j] for k in order]) for j in (0, 1))
+  return [(a.astype(np.float32), b.astype(np.int32)) for a, b in (ordered, grouped)]
+
+
+def test_contiguous_layouts_equal_the_segment_path_and_numpy():
+  rng = np.random.default_rng(3)
+  for _ in range(40):
+    for (probs, ids), layout in zip(runs_case(rng), ("sorted", "grouped")):
+      general = by_layout(jnp.asarray(probs), jnp.asarray(ids), "any")
+      for got_layout in (layout, "grouped") if layout == "sorted" else (layout,):
+        fast = by_layout(jnp.asarray(probs), jnp.asarray(ids), got_layout)
+        for m in ALL:
+          got, want = np.asarray(fast[m]), np.asarray(general[m])
+          assert not np.isnan(got).any()
+          finite = np.isfinite(want)
+          np.testing.assert_array_equal(np.isfinite(got), finite, err_msg=m)
+          np.testing.assert_array_equal(got[~finite], want[~finite], err_msg=m)  # -inf: log 0
+          np.testing.assert_allclose(got[finite], want[finite], rtol=1e-6, atol=1e-6,
+                                     err_msg=f"{m} {got_layout}")
+          if m != LOG_PROD:
+            np.testing.assert_allclose(got, reference(probs, ids, 16, m), rtol=2e-5, atol=1e-7)
+
+
+def test_contiguous_layouts_edge_cases():
+  run = jax.jit(lambda p, i, n, layout: {m: aggregate_step_scores(p, i, n, m, layout)
+                                         for m in ALL}, static_argnums=(2, 3))
+  for layout in ("sorted", "grouped"):
+    def agg_l(p, i, n):
+      return {k: v.tolist() for k, v in run(jnp.asarray(p, jnp.float32), jnp.asarray(i, jnp.int32),
+                                            n, layout).items()}
+    out = agg_l([1.0, 0.0, 0.5, 0.25, 0.9], [0, 1, 1, 3, -1], 4)  # 2: no steps; < one window
+    assert out["prod"] == out["min"] == [1.0, 0.0, 0.0, 0.25]
+    assert out["last"] == [1.0, 0.5, 0.0, 0.25]
+    np.testing.assert_allclose(out[LOG_PROD], [0, -np.inf, -np.inf, np.log(0.25)])
+    out = agg_l([0.5, 0.5], [-1, -1], 2)  # padding only
+    assert out["prod"] == out["min"] == out["last"] == [0.0, 0.0]
+    assert out[LOG_PROD] == [-np.inf] * 2
+    assert all(v == [] for v in agg_l([0.5], [0], 0).values())  # no solutions
+    tiny = np.full(400, 0.5)  # one run of 400 steps: 25 windows; underflows to 0, never NaN
+    out = agg_l(tiny, np.zeros(400), 1)
+    assert out["prod"] == [0.0] and out["min"] == out["last"] == [0.5]
+    np.testing.assert_allclose(out[LOG_PROD], [400 * np.log(0.5)], rtol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,18 @@ The oracle plays the human labeller: for each line
   -1  wrong arithmetic, a wrong carried value, an operation out of order or not in the problem (an
       unjustified jump), a premature "# Answer", a wrong final answer, or an unreadable line.
 Labels stop at the first -1 (None after it), as in PRM800K.
+
+Errors come in two kinds, as a real generator's do. Random slips (`imperfect_solution`, and whatever
+an undertrained model gets wrong) scatter over many answers. Systematic misconceptions
+(`MISCONCEPTIONS`) are carried by a share of the training references (`training_solution`), so a model
+trained on them is wrong the same way on every problem that triggers one: its wrong answer is the
+common one, majority voting picks it, and only a verifier of the offending step can tell.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -103,6 +109,82 @@ def reference_solution(p: Problem) -> Solution:
                   step_labels=[1] * len(steps), finish_reason="solution", meta={"source": "reference"})
 
 
+def _smaller_from_larger(a: int, op: str, b: int) -> int | None:
+  """Column subtraction that needs a borrow, done by taking the smaller units digit from the larger
+  (13-5 -> 12, 20-4 -> 24): the commonest bug in children's subtraction (Brown & Burton's BUGGY)."""
+  if op == "-" and a >= 10 and 0 < b < 10 and a % 10 < b:
+    return a - a % 10 + (b - a % 10)
+  return None
+
+
+def _forgotten_carry(a: int, op: str, b: int) -> int | None:
+  """Addition whose units overflow, written without the carry (7+6 -> 3, 18+5 -> 13)."""
+  if op == "+" and a >= 0 and 0 < b < 10 and a % 10 + b >= 10:
+    return a - a % 10 + (a % 10 + b) % 10
+  return None
+
+
+# name -> the misconceived result of `a op b` where the misconception applies, else None
+MISCONCEPTIONS: dict[str, Callable[[int, str, int], int | None]] = {
+    "smaller_from_larger": _smaller_from_larger, "forgotten_carry": _forgotten_carry}
+
+
+def _check_rates(rates: Mapping[str, float]) -> dict[str, float]:
+  out = {}
+  for name, rate in dict(rates).items():
+    if name not in MISCONCEPTIONS:
+      raise ValueError(f"unknown misconception {name!r}; known: {', '.join(MISCONCEPTIONS)}")
+    if not 0.0 <= float(rate) <= 1.0:
+      raise ValueError(f"misconception rate {name}={rate} must be in [0, 1]")
+    out[name] = float(rate)
+  return out
+
+
+def training_solution(p: Problem, rng: np.random.Generator,
+                      misconceptions: Mapping[str, float] = {}) -> Solution:
+  """A training reference as a human-written corpus has them: a step that triggers misconception
+  `name` is written with its misconceived result with probability `misconceptions[name]`, and the
+  rest of the solution follows correctly from the wrong value. Oracle-labelled (the step -1)."""
+  rates = _check_rates(misconceptions)
+  start, ops = parse_problem(p.problem)
+  steps, value, applied = [], start, []
+  for op, b in ops:
+    new = apply(value, op, b)
+    for name, rate in rates.items():
+      wrong = MISCONCEPTIONS[name](value, op, b)
+      if wrong is not None and rng.random() < rate:
+        new = wrong
+        applied.append(name)
+        break
+    steps.append(f"{value}{op}{b}={new}")
+    value = new
+  steps += ["# Answer", str(value)]
+  sol = Solution(problem_id=p.problem_id, problem=p.problem, steps=steps, answer=str(value),
+                 ground_truth_answer=p.answer, meta={"source": "reference",
+                                                     "misconceptions": applied})
+  return label_solution(sol)
+
+
+def misconception_rates(solutions: Sequence[Solution]) -> dict[str, dict[str, float | int]]:
+  """Per misconception: how many written steps `a op b = r` triggered it, and the share of those
+  whose `r` is the misconceived result (the same trigger is in the problem for every sample)."""
+  out = {}
+  for name, wrong in MISCONCEPTIONS.items():
+    triggered = misconceived = 0
+    for s in solutions:
+      for line in s.steps:
+        m = _STEP.match(line)
+        if not m:
+          continue
+        a, op, b, r = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+        w = wrong(a, op, b)
+        if w is not None:
+          triggered += 1
+          misconceived += int(r == w)
+    out[name] = {"steps": triggered, "rate": misconceived / triggered if triggered else float("nan")}
+  return out
+
+
 _STEP = re.compile(r"^\s*(-?\d+)\s*([-+*])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
 _SAME = re.compile(r"^\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
 
@@ -115,8 +197,11 @@ def oracle_labels(problem: str, steps: Sequence[str]) -> list[int | None]:
   for line in steps:
     s = line.strip()
     lab = -1
+    head, _, given = s.partition("\n")
     if answered:  # the line after "# Answer" is the final answer
       lab = 1 if done == len(ops) and s == str(value) else -1
+    elif head.strip() == "# Answer" and given.strip():  # PRM800K's last step: "# Answer\n\n<ans>"
+      lab = 1 if done == len(ops) and given.strip() == str(value) else -1
     elif s == "# Answer":
       lab = 1 if done == len(ops) else -1
       answered = True

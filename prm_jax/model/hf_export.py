@@ -4,7 +4,8 @@ A generator becomes `{Llama,Qwen2,Mistral}ForCausalLM` (the family it came from:
 qkv biases, Mistral with a sliding window, else Llama), a PRM `*ForTokenClassification` with its
 labels (`id2label` neg / neutral / pos; 2-class heads bad / good) or, with Qwen2.5-Math-PRM's hidden
 layer, `Qwen2ForProcessRewardModel`, an ORM `*ForSequenceClassification` with one label. Beside the
-safetensors (sharded past `max_shard_bytes`, with an index), config.json and the tokenizer files sits
+safetensors (sharded past `max_shard_bytes`, with an index), config.json and the tokenizer files (a
+sentencepiece run's tokenizer.model plus the tokenizer.json transformers reads to the same ids) sits
 `prm_jax.json`: the run's step format and scoring settings, so the model is scored elsewhere the way
 it was trained (`Run.open("hf:DIR")` reads it back).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 from typing import Any, Iterator
 
 import jax
@@ -193,8 +195,13 @@ def export(model: nnx.Module, tokenizer, output: str, *, fmt: dict[str, Any] | N
     write_json(os.path.join(output, "config.json"), config)
     if hasattr(tokenizer, "hf"):
       tokenizer.hf.save_pretrained(output)  # tokenizer.json, tokenizer_config.json, template
-    else:  # the project's sentencepiece model (its <nl> convention is prm_jax's own)
-      tokenizer.save(os.path.join(output, "tokenizer.model"))
+    else:  # the project's sentencepiece model: tokenizer.json etc. beside its tokenizer.model
+      try:
+        tokenizer.save_hf(output, model_max_length=cfg.max_seq_len,
+                          chat_template=getattr(tokenizer, "chat_template", None))
+      except ValueError as e:  # a sentencepiece model train_sentencepiece did not write
+        tokenizer.save_pretrained(output)
+        print(f"export: {e}; wrote tokenizer.model only", file=sys.stderr, flush=True)
     sidecar = {"task": getattr(model, "kind", "sft"), "format": fmt or {},
                "neutral_is_positive": neutral_is_positive}
     if getattr(model, "kind", None) == "orm":  # transformers' sequence classifier has no bias

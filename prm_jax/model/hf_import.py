@@ -244,7 +244,7 @@ def _load(path: str, hf: dict, cfg: ModelConfig, make_model, head: dict, mesh, r
 
   def whole(name, transform, shape, np_dtype):
     full = functools.cache(lambda: fetch(name, transform or (lambda w: w), shape))
-    return lambda idx: full()[idx].astype(np_dtype)
+    return lambda idx: full()[idx].astype(np_dtype, copy=False)
 
   def source(ours: str, shape, np_dtype):
     """A callback index -> numpy slice for one of our parameters."""
@@ -274,7 +274,7 @@ def _load(path: str, hf: dict, cfg: ModelConfig, make_model, head: dict, mesh, r
 
       def stacked(idx):
         layers = range(cfg.num_layers)[idx[0]]
-        return np.stack([layer(i)[idx[1:]] for i in layers]).astype(np_dtype)
+        return np.stack([layer(i)[idx[1:]] for i in layers]).astype(np_dtype, copy=False)
       return stacked
     raise KeyError(f"no Hugging Face tensor maps to parameter {ours!r}")
 

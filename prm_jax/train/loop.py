@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import time
@@ -20,6 +21,7 @@ from prm_jax import distributed, sharding
 from prm_jax.configs import derive
 from prm_jax.data.pipeline import PipelineStats, make_dataset
 from prm_jax.model import TASKS, ModelConfig, build_model
+from prm_jax.paths import WriterLock
 from prm_jax.records import Solution
 from prm_jax.runs import Run, RunDir, abstract_with_shardings, is_hf, model_config_of, tokenizer_of
 from prm_jax.step_format import StepFormat
@@ -50,10 +52,10 @@ def load_records(spec: str, expand_alternatives: bool = False, data_dir: str | N
   return list(open_records(spec, "auto", expand=expand_alternatives)), None
 
 
-def tokenizer_for(config, records, decode, run: RunDir):
-  """The tokenizer the data is encoded with, in this order: `tokenizer.path`; the one saved in the
-  workdir (a resume); the starting run's (`train.init_from`: its embedding table was trained with
-  it); else a new sentencepiece model trained on the data (by process 0, read by the others)."""
+def known_tokenizer(config, run: RunDir):
+  """The tokenizer the data is encoded with, when one exists (read only): `tokenizer.path`; the
+  one saved in the workdir (a resume); the starting run's (`train.init_from`: its embedding table
+  was trained with it). None: a new sentencepiece model is to be trained on the data."""
   start = config.train.init_from
   path = config.tokenizer.path or (run.tokenizer_path if os.path.exists(run.tokenizer_path) else "")
   if path:
@@ -64,6 +66,11 @@ def tokenizer_for(config, records, decode, run: RunDir):
       raise ValueError(f"train.init_from={start} ships no tokenizer, and a new one would not match "
                        "its embedding table; set --config.tokenizer.path to its tokenizer")
     return tok
+  return None
+
+
+def new_tokenizer(config, records, decode, run: RunDir):
+  """A sentencepiece model trained on the data (by process 0, read by the others)."""
   if distributed.is_main():
     texts = ((decode(r) if decode else r) for r in records)
     train_sentencepiece((s.problem + "\n" + s.text for s in texts),
@@ -71,6 +78,123 @@ def tokenizer_for(config, records, decode, run: RunDir):
                         model_type=config.tokenizer.model_type, path=run.tokenizer_path)
   distributed.barrier("tokenizer")
   return load_tokenizer(run.tokenizer_path)
+
+
+# ----------------------------------------------------------------------------- the run contract
+
+# A resume may change how long and how fast a run trains (train.steps, the learning-rate schedule,
+# the optimizer's hyperparameters), how often it logs and saves, its data, mesh and seed, and how
+# its weights are held (below). Everything that makes the run what it is must match config.json:
+# the task, the architecture, the step format, the tokenizer, and what shapes the optimizer state
+# and the data iterator's checkpointed position.
+FIXED_TRAIN = ("task", "seq_len", "batch_size", "pack", "grad_accum", "prm_mode",
+               "neutral_is_positive", "orm_all_tokens")
+HOW_HELD = ("dtype", "remat", "init_std")  # model fields that leave the parameters as they are
+STATES = ("new", "resume", "done")
+
+
+def _tokenizer_key(tok) -> tuple:
+  proto = getattr(tok, "proto", None)
+  return (type(tok).__name__, proto if proto is not None else tuple(tok.token_texts()))
+
+
+def _checkpoint_steps(run: RunDir) -> list[int]:
+  try:
+    return sorted(int(n) for n in os.listdir(run.checkpoints_path) if n.isdigit())
+  except (FileNotFoundError, NotADirectoryError):
+    return []
+
+
+def _trained_step(run: RunDir) -> int | None:
+  """The step a finished training wrote its params at (summary.json), if it finished."""
+  try:
+    with open(run.summary_path) as f:
+      step = json.load(f).get("step")
+  except (OSError, ValueError, AttributeError):
+    return None
+  return step if isinstance(step, int) and os.path.isdir(run.params_path) else None
+
+
+def check_workdir(config, run: RunDir, tok) -> str:
+  """What training `config` into `run` means, decided by reading only: "new" (nothing trained
+  there yet), "resume" (the same run, from its last checkpoint) or "done" (already trained to
+  train.steps; nothing to do).
+  Anything else is a one-line ValueError naming the difference: training never replaces, or
+  deletes, what another run wrote."""
+  path, task = run.path, config.train.task
+  again = "choose another --config.workdir"
+  if not os.path.exists(run.config_path):
+    theirs = run.written()
+    if theirs:
+      raise ValueError(f"{path} holds {', '.join(theirs)} but no config.json: not a run that "
+                       f"training wrote; {again}")
+    if tok is not None and os.path.exists(run.tokenizer_path) and (
+        _tokenizer_key(load_tokenizer(run.tokenizer_path)) != _tokenizer_key(tok)):
+      raise ValueError(f"{run.tokenizer_path} is another tokenizer than this run's; {again}")
+    return "new"
+  saved = run.read_config()
+  was = (saved.get("train") or {}).get("task")
+  if was != task:
+    raise ValueError(f"{path} holds a {was} run; this is {task}: {again}")
+  now = json.loads(config.to_json_best_effort())
+  diffs = []
+  old_model = dataclasses.asdict(ModelConfig.from_dict(saved["model"]))
+  new_model = dataclasses.asdict(ModelConfig.from_dict(config.model))
+  diffs += [f"model.{k} {old_model[k]} != {v}" for k, v in new_model.items()
+            if k not in HOW_HELD and old_model[k] != v]
+  for section, keys in (("train", FIXED_TRAIN), ("format", tuple(now.get("format") or ()))):
+    old, new = saved.get(section) or {}, now.get(section) or {}
+    diffs += [f"{section}.{k} {old[k]!r} != {new.get(k)!r}" for k in keys
+              if k in old and old[k] != new.get(k)]
+  if tok is not None and os.path.exists(run.tokenizer_path) and (
+      _tokenizer_key(load_tokenizer(run.tokenizer_path)) != _tokenizer_key(tok)):
+    diffs.append(f"another tokenizer than its {os.path.basename(run.tokenizer_path)}")
+  trained, steps = _trained_step(run), _checkpoint_steps(run)
+  if diffs:
+    more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+    unused = "" if steps or os.path.isdir(run.params_path) else (
+        " (it holds no checkpoint yet: remove it to start over)")
+    raise ValueError(f"{path} holds a run with {'; '.join(diffs[:3])}{more} (its config.json vs "
+                     "this config): a resume may change train.steps, the learning rate, logging "
+                     f"and the mesh, not what the run is; {again}{unused}")
+  if trained is not None and trained >= config.train.steps:
+    return "done"
+  if os.path.isdir(run.params_path) and not steps:
+    raise ValueError(f"{path} holds final params/ but no checkpoint to resume from: training again "
+                     f"would replace them; {again}")
+  return "resume" if steps else "new"
+
+
+def resolve_workdir(workdir: str) -> str:
+  """The workdir as given, once it is known to be (or to become) a folder: a symlink to one is
+  followed, a dangling symlink or a file is refused. (The command line expands ~ and $VARS.)"""
+  path = str(workdir or "")
+  if not path:
+    raise ValueError("config.workdir is empty: name the run directory to write")
+  if os.path.islink(path) and not os.path.exists(path):
+    raise ValueError(f"workdir {path} is a symlink to {os.readlink(path)}, which does not exist")
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"workdir {path} is a file, not a folder")
+  return path
+
+
+def _claim(config, run: RunDir, tok):
+  """Locks the workdir (process 0) and checks it; every process learns the verdict, or fails."""
+  lock, verdict, error = None, -1, None
+  if distributed.is_main():
+    try:
+      lock = WriterLock(run.lock_path, run.path, "another --config.workdir").acquire()
+      verdict = STATES.index(check_workdir(config, run, tok))
+    except BaseException as e:  # noqa: BLE001  (told to the other processes, then re-raised)
+      error = e
+      if lock is not None:
+        lock.release()
+  verdict = distributed.broadcast_int(verdict)
+  if error is not None:
+    raise error
+  if verdict < 0:
+    raise RuntimeError(f"process 0 refused {run.path}; its error says why")
+  return STATES[verdict], lock
 
 
 def _adopt_starting_architecture(config) -> ml_collections.ConfigDict:
@@ -113,11 +237,17 @@ def train_run(config: ml_collections.ConfigDict, workdir: str, task: str,
 
 def train(config: ml_collections.ConfigDict, records: Sequence[Solution] | None = None,
           tokenizer=None, desc: str | None = None) -> dict[str, Any]:
-  """Trains (or resumes) `config.train.task` in `config.workdir`; returns a summary."""
-  tc, run = config.train, RunDir(config.workdir)
+  """Trains (or resumes) `config.train.task` in `config.workdir`; returns a summary.
+
+  The workdir is a contract (`check_workdir`), checked before anything is written: a new run, or
+  the same run resumed from its last checkpoint, or nothing to do; anything else is refused. The
+  workdir is locked while training writes it (a second `train` into it fails at once).
+  """
+  tc = config.train
   task = tc.task
   if task not in TASKS:
     raise ValueError(f"train.task={task!r}; expected one of {TASKS}")
+  run = RunDir(resolve_workdir(config.workdir))
   mesh, rules = sharding.make_mesh(config.mesh), tuple(config.rules)
   decode = None
   if records is None:
@@ -128,18 +258,36 @@ def train(config: ml_collections.ConfigDict, records: Sequence[Solution] | None 
     raise ValueError(f"training data {tc.data or '(records)'} holds no records")
   if tc.init_from:
     config = _adopt_starting_architecture(config)
-  os.makedirs(run.path, exist_ok=True)
-  tok = tokenizer or tokenizer_for(config, records, decode, run)
-  if config.model.vocab_size < tok.vocab_size:
+  tok = tokenizer or known_tokenizer(config, run)
+  vocab = tok.vocab_size if tok is not None else config.tokenizer.vocab_size
+  if config.model.vocab_size < vocab:
     raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer's "
-                     f"{tok.vocab_size} pieces ({getattr(tok, 'source', 'the tokenizer')}): its ids "
-                     "would not index the embedding table")
+                     f"{vocab} pieces ({getattr(tok, 'source', None) or 'tokenizer.vocab_size'}): "
+                     "its ids would not index the embedding table")
   fmt = StepFormat.from_config(config.get("format"))
-  fmt.check(tok)
+  if tok is not None:
+    fmt.check(tok)
+  state, lock = _claim(config, run, tok)
+  try:
+    if state == "done":
+      with open(run.summary_path) as f:
+        summary = json.load(f)
+      return dict(summary, already_trained=True, history=[])
+    return _train(config, run, records, decode, tok, fmt, mesh, rules, desc)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(config, run: RunDir, records, decode, tok, fmt, mesh, rules, desc) -> dict[str, Any]:
+  tc, task = config.train, config.train.task
+  run.write_config(config)  # first: whatever follows in this folder belongs to this run
+  if tok is None:
+    tok = new_tokenizer(config, records, decode, run)
+    fmt.check(tok)
   if distributed.is_main():  # a finished run is self-contained: sampling/scoring read it back
     tok.save_pretrained(run.path)
   cfg = ModelConfig.from_dict(config.model)
-  run.write_config(config)
 
   model = sharding.init_sharded(lambda: build_model(task, cfg, nnx.Rngs(config.seed)), mesh, rules)
   ckpt = Checkpointer(run.checkpoints_path, tc.save_every, tc.keep, tc.async_checkpoint)

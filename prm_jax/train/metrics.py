@@ -23,6 +23,14 @@ def train_flops_per_token(num_params: int, num_layers: int, dim: int, seq_len: i
   return 6.0 * num_params + 12.0 * num_layers * dim * seq_len
 
 
+def _step_after(line: str, step: int) -> bool:
+  try:
+    logged = json.loads(line).get("step")
+  except (ValueError, AttributeError):
+    return False
+  return isinstance(logged, int) and logged > step
+
+
 class MetricWriter:
   """Appends metrics to `workdir/metrics.jsonl` and TensorBoard events under `workdir/tb` (process 0)."""
 
@@ -41,12 +49,18 @@ class MetricWriter:
         self._tb = None
 
   def _drop_after(self, step: int) -> None:
+    """Keeps every line up to the restored step (and any line that is not a step's metrics);
+    drops the lines of steps past it, which the resumed run logs again, and a torn last line.
+    Rewritten atomically, and only when something is dropped."""
     if not os.path.exists(self.path):
       return
-    with open(self.path, encoding="utf-8") as f:
-      keep = [l for l in f if l.strip() and l.endswith("\n") and json.loads(l)["step"] <= step]
-    with open(self.path, "w", encoding="utf-8") as f:
-      f.writelines(keep)
+    with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
+      lines = f.readlines()
+    keep = [l for l in lines if l.endswith("\n") and not _step_after(l, step)]
+    if len(keep) != len(lines):
+      from prm_jax.records import atomic_open
+      with atomic_open(self.path, errors="surrogateescape") as f:
+        f.writelines(keep)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
