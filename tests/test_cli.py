@@ -159,15 +159,21 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, runs):
                         "--config.model.vocab_size=320", "--config.train.steps=100000",
                         "--config.train.batch_size=8", "--config.train.seq_len=64",
                         "--config.train.log_every=1", "--config.train.save_every=100000"],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                       # a test runner started in the background inherits SIGINT ignored; the
+                       # user's terminal never does
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   metrics = tmp_path / "w" / "metrics.jsonl"
   t = time.time()
-  while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-    assert p.poll() is None, p.communicate()[1][-3000:]
-    assert time.time() - t < 240
-    time.sleep(0.05)
-  p.send_signal(signal.SIGINT)
-  _, err = p.communicate(timeout=120)
+  try:
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+      assert p.poll() is None, p.communicate()[1][-3000:]
+      assert time.time() - t < 240
+      time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+  finally:
+    p.kill()  # never left training after a failed assertion
   assert p.returncode == 130, err[-2000:]
   assert "Traceback" not in err and err.strip().splitlines()[-1] == "prm-jax train: interrupted"
 
