@@ -18,7 +18,7 @@ MICRO = ["--config.scale=0.1", "--config.train.steps=60", "--config.demo.n=4",
 def two_seeds(tmp_path_factory):
   """One micro demo over two seeds: each seed is a whole demo run in seed_k/."""
   root = tmp_path_factory.mktemp("demo")
-  p = run("demo", f"--config.workdir={root}", "--config.demo.seeds=2", *MICRO)
+  p = run("demo", f"--config.workdir={root}", "--config.demo.seeds=2", *MICRO, timeout=1500)
   assert p.returncode == 0, p.stderr[-3000:]
   return root, p
 
