@@ -9,7 +9,9 @@ import pytest
 
 from tests.test_cli import run
 
-MICRO = ["--config.scale=0.1", "--config.train.steps=60", "--config.demo.n=4",
+# The generator gets 300 SFT steps (train.steps x scale): enough to answer, apply the
+# misconception and solve some problems, so the comparisons below compare something.
+MICRO = ["--config.scale=0.1", "--config.train.steps=3000", "--config.demo.n=4",
          "--config.demo.bon_trials=50", "--config.active.eval_trials=20",
          "--config.active.samples_per_problem=2", "--config.sample.max_new_tokens=48"]
 
@@ -95,6 +97,7 @@ def test_demo_runs_the_whole_loop_and_reports_what_it_measured(two_seeds):
   assert ref["steps"] > 50 and abs(ref["rate"] - 0.7) < 4 * (0.21 / ref["steps"]) ** 0.5
   assert mis["references"]["forgotten_carry"]["rate"] == 0.0
   gen = mis["generator"]["smaller_from_larger"]
+  assert gen["steps"] > 0 and gen["rate"] > 0  # the generator learned it from its references
   assert f"by the generator in {100 * gen['rate']:.0f}% (of {gen['steps']})" in report
 
   # the step metrics and the generator's accuracy come from the same run
@@ -108,6 +111,9 @@ def test_over_two_seeds_the_report_is_the_mean_and_std_of_each_seeds_result(two_
   seeds = [json.loads((root / f"seed_{k}" / "metrics.json").read_text()) for k in (0, 1)]
   assert m["seeds"] == [s["config"]["seed"] for s in seeds] == [0, 1]
   # the seeds drew different problems and trained different models
+  problems = [(root / f"seed_{k}" / "data" / "test_problems.jsonl").read_text() for k in (0, 1)]
+  assert problems[0] != problems[1]
+  assert all(max(s["bon"]["methods"]["prm"]["mean"]) > 0 for s in seeds)  # something is solved
   assert seeds[0]["bon"]["methods"]["prm"]["mean"] != seeds[1]["bon"]["methods"]["prm"]["mean"]
   report = (root / "report.md").read_text()
   for k, v in m["bon"]["methods"].items():

@@ -188,3 +188,38 @@ def test_orm_scores_at_last_token(tiny_cfg):
     want = jax.nn.sigmoid(logits[0, len(tokens) - 1, 0])
     np.testing.assert_allclose(out["orm"][k], want, rtol=1e-4)
   assert np.all(np.asarray(out["orm"])[len(pb.solution_index):] == 0)
+
+
+def test_the_step_cap_splits_batches_and_never_drops_a_step(prm):
+  """Empty steps take one token each, so a row can hold more step ends than the scorer's static
+  gather size: packing must close the batch first, and every step must still be scored."""
+  rng = np.random.default_rng(3)
+  sols = []
+  for _ in range(9):
+    n = int(rng.integers(6, 14))
+    sols.append((rng.integers(3, 200, size=n).astype(np.int32), np.arange(1, n, dtype=np.int32)))
+  total = sum(len(e) for _, e in sols)
+  cap = 16
+  assert total > 3 * cap  # uncapped, these fit in one 4 x 64 batch and overflow the gather
+  assert len(pack_for_scoring(sols, seq_len=64, rows=4)) == 1
+  batches = pack_for_scoring(sols, seq_len=64, rows=4, max_steps=cap, max_solutions=cap)
+  assert all(pb.num_steps <= cap for pb in batches)
+  assert sorted(i for pb in batches for i in pb.solution_index) == list(range(len(sols)))
+  assert sum(pb.num_steps for pb in batches) == total
+  capped = jax.jit(lambda m, b: score_packed(m, b, max_steps=cap, max_solutions=cap))
+  wide = jax.jit(lambda m, b: score_packed(m, b, max_steps=256, max_solutions=16))
+  got, want = np.zeros(len(sols)), np.zeros(len(sols))
+  steps = {}
+  for pb in batches:
+    out = capped(prm, {k: jnp.asarray(v) for k, v in pb.arrays.items()})
+    got[pb.solution_index] = np.asarray(out[LOG_PROD])[:len(pb.solution_index)]
+    for k, i in enumerate(pb.solution_index):
+      steps[i] = int((np.asarray(out["step_solution"]) == k).sum())
+  (pb,) = pack_for_scoring(sols, seq_len=64, rows=4)
+  out = wide(prm, {k: jnp.asarray(v) for k, v in pb.arrays.items()})
+  want[pb.solution_index] = np.asarray(out[LOG_PROD])[:len(pb.solution_index)]
+  assert steps == {i: len(e) for i, (_, e) in enumerate(sols)}  # every step of every solution
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  # one solution with more step ends than the gather holds is an error, not a silent cut
+  with pytest.raises(ValueError, match="step ends > the scorer's 4 per batch"):
+    pack_for_scoring(sols[:1], seq_len=64, rows=4, max_steps=4)
