@@ -33,15 +33,25 @@ def test_prm_modes_and_class_weights():
   b = batch(step_label=[[I, 1, -1, 1, I, 0, -1, I]])  # steps at 1, 2 | 5, 6 (3 follows a -1)
   logits = (jnp.zeros((1, 8, 3)).at[0, 1, 2].set(5.0).at[0, 2, 0].set(5.0)
             .at[0, 5, 2].set(5.0).at[0, 6, 0].set(5.0))
+  # each supervised step puts logit 5 on one class and 0 on the other two:
+  z = np.exp(5.0) + 2
+  hit, miss = np.log(z) - 5.0, np.log(z)  # -log p of the 5-logit class, of a 0-logit class
   loss3, m3 = losses.prm_task_loss(logits, b)
   assert float(m3["steps"]) == 4
   assert float(m3["step_accuracy"]) == pytest.approx(3 / 4)  # neutral predicted positive: wrong
-  _, mb = losses.prm_task_loss(logits, b, mode="binary")
+  assert float(loss3) == pytest.approx((3 * hit + miss) / 4, rel=1e-5)
+  lb, mb = losses.prm_task_loss(logits, b, mode="binary")
   assert float(mb["step_accuracy"]) == pytest.approx(1.0)    # ...but "ok" when neutral counts as ok
-  _, mb2 = losses.prm_task_loss(logits, b, mode="binary", neutral_is_positive=False)
+  ok_big = np.log(z / (z - 1))  # -log P(ok) = -log(1 - p(neg)) where neg has a 0 logit
+  assert float(lb) == pytest.approx((2 * ok_big + 2 * hit) / 4, rel=1e-5)
+  lb2, mb2 = losses.prm_task_loss(logits, b, mode="binary", neutral_is_positive=False)
   assert float(mb2["step_accuracy"]) == pytest.approx(3 / 4)
+  # P(ok) = p(+1): the +1 step costs `hit`, each -1 step log(z / (z - 1)), and the neutral step,
+  # no longer ok, -log(1 - p(+1)) = log(z / 2)
+  assert float(lb2) == pytest.approx((hit + 2 * ok_big + np.log(z / 2)) / 4, rel=1e-5)
   weighted, _ = losses.prm_task_loss(logits, b, class_weights=(10.0, 1.0, 1.0))
-  assert float(weighted) != pytest.approx(float(loss3))
+  # the -1 steps (class 0) weigh 10 each: (1 hit + 10 hit + 1 miss + 10 hit) / 22
+  assert float(weighted) == pytest.approx((21 * hit + miss) / 22, rel=1e-5)
   with pytest.raises(ValueError, match="PRM loss mode 'focal'"):
     losses.prm_task_loss(logits, b, mode="focal")
 
@@ -52,6 +62,9 @@ def test_orm_final_token_and_all_tokens():
   loss, m = losses.orm_task_loss(logits, b)
   assert float(m["solutions"]) == 2 and float(m["outcome_accuracy"]) == 1.0
   assert float(loss) == pytest.approx(np.log1p(np.exp(-4.0)), rel=1e-5)
-  loss_all, _ = losses.orm_task_loss(logits, b, all_tokens=True)
-  # every solution token now supervised: the zero logits add log(2) terms
-  assert float(loss_all) > float(loss)
+  loss_all, m_all = losses.orm_task_loss(logits, b, all_tokens=True)
+  # every solution token now supervised with its segment's outcome: positions 1, 2 (logit 0, y=1),
+  # 3 (logit 4, y=1) | 5 (logit 0, y=0), 6 (logit -4, y=0): the zero logits add log(2) terms
+  assert float(loss_all) == pytest.approx((3 * np.log(2) + 2 * np.log1p(np.exp(-4.0))) / 5,
+                                          rel=1e-5)
+  assert float(m_all["outcome_accuracy"]) == 1.0  # still read at the final token only

@@ -144,3 +144,29 @@ def test_scored_samples_read_given_answer_when_answer_is_absent():
   assert parse_scored_sample(dict(row, given_answer="5")).answer == "5"
   assert parse_scored_sample(dict(row, answer=truth, given_answer="5")).answer == truth
   assert parse_scored_sample(row).answer is None
+
+
+def _step(*rated, chosen=0):
+  return {"completions": [{"text": t, "rating": r, "flagged": False} for t, r in rated],
+          "human_completion": None, "chosen_completion": chosen}
+
+
+@pytest.mark.parametrize("generation", [None, 3])  # phase 1 and phase 2
+def test_the_walk_stops_at_the_first_negative_even_when_steps_follow(generation):
+  """A labeller may rate on past an error (or a file be edited): the walk, its labels and its
+  alternatives still end at the first -1 it follows, and the answer after it is not its outcome."""
+  row = {"labeler": "x", "timestamp": "t", "generation": generation,
+         "is_quality_control_question": False, "is_initial_screening_question": False,
+         "question": {"problem": "What is 2+3?", "ground_truth_answer": "5",
+                      "pre_generated_answer": "5"},
+         "label": {"finish_reason": "found_error", "total_time": 1, "steps": [
+             _step(("2+3 is a sum.", 1), ("I add.", 0), chosen=0),
+             _step(("2+3=6", -1), ("2+3=5", 1), chosen=0),
+             _step(("So 6+0=6.", 1), ("Check: 6.", -1), chosen=0),
+             _step(("# Answer\n\n5", 1), chosen=0)]}}
+  s = parse_prm800k_row(row)
+  assert s.steps == ["2+3 is a sum.", "2+3=6"] and s.step_labels == [1, -1]
+  assert s.meta["alternatives"] == [{"step_index": 0, "text": "I add.", "rating": 0},
+                                    {"step_index": 1, "text": "2+3=5", "rating": 1}]
+  assert s.answer == ("5" if generation else None)  # phase 2: the pre-generated answer...
+  assert s.is_correct is None                       # ...which the kept steps never reach
