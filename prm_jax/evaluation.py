@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -362,9 +362,11 @@ def process_eval(solutions: Iterable[Solution], dev_fraction: float = 0.5,
 
   The earliest-error threshold is `threshold` when given (every solution is then reported), else
   chosen on a dev split of the problems (by id) and reported on the rest. `processbench` holds the
-  benchmark's own table over the reported solutions: per subset (`meta.subset`; "all" without one)
-  accuracy on erroneous and on correct items, their harmonic mean F1, and the average F1. AUROC and
-  calibration use every labelled step up to the first error.
+  benchmark's own table over the reported solutions, as its paper lays it out: `{"<subset>": {f1,
+  acc_erroneous, acc_correct, n_erroneous, n_correct}, ..., "average_f1"}` (`meta.subset`; "all"
+  without one; a `reason` beside them when an F1 is undefined). PRMBench rows (`meta.source`) are
+  left out of it and get their own metric (`prmbench`). AUROC and calibration use every labelled
+  step up to the first error.
   """
   rows, skipped = [], dict.fromkeys(SKIPS, 0)
   for s in solutions:
@@ -406,7 +408,7 @@ def process_eval(solutions: Iterable[Solution], dev_fraction: float = 0.5,
       subsets.setdefault(str(s.meta.get("subset") or "all"), []).append(s)
   table = {k: processbench_f1(gold(v), pred(v, best)) for k, v in sorted(subsets.items())}
   f1s = [v["f1"] for v in table.values()]
-  bench = {"subsets": table, "average_f1": float(np.mean(f1s)) if f1s and np.all(
+  bench: dict[str, Any] = {**table, "average_f1": float(np.mean(f1s)) if f1s and np.all(
       np.isfinite(f1s)) else float("nan")}
   undefined = [f"{k}: {v['reason']}" for k, v in table.items() if "reason" in v]
   if undefined or not table:
@@ -484,18 +486,24 @@ def plot_calibration(result: dict, path: str) -> None:
   plt.close(fig)
 
 
+def processbench_subsets(bench: dict) -> dict[str, dict]:
+  """The per-subset entries of `process.json`'s `processbench` (beside `average_f1`, `reason`)."""
+  return {k: v for k, v in bench.items() if isinstance(v, dict)}
+
+
 def processbench_table(bench: dict) -> str:
   """The ProcessBench paper's table layout: per subset, accuracy on erroneous / correct, F1."""
-  subsets = list(bench["subsets"])
+  table = processbench_subsets(bench)
+  subsets = list(table)
   pct = lambda x: "n/a" if not np.isfinite(x) else f"{100 * x:.1f}"
   lines = ["| | " + " | ".join(subsets) + " | average |", "|---|" + "---|" * (len(subsets) + 1)]
   for key, name in (("acc_erroneous", "erroneous acc"), ("acc_correct", "correct acc"),
                     ("f1", "F1")):
-    cells = [pct(bench["subsets"][k][key]) for k in subsets]
+    cells = [pct(table[k][key]) for k in subsets]
     lines.append(f"| {name} | " + " | ".join(cells) + " | "
                  + (pct(bench["average_f1"]) if key == "f1" else "") + " |")
   lines.append("| items (erroneous / correct) | " + " | ".join(
-      f"{bench['subsets'][k]['n_erroneous']} / {bench['subsets'][k]['n_correct']}"
+      f"{table[k]['n_erroneous']} / {table[k]['n_correct']}"
       for k in subsets) + " | |")
   return "\n".join(lines)
 
@@ -535,7 +543,7 @@ def run_process_eval(solutions: Iterable[Solution], out_dir: str, dev_fraction: 
                 else "")
              + ("\nProcessBench (earliest-error identification, threshold "
                 f"{result['threshold']:.2f}):\n\n{processbench_table(result['processbench'])}\n"
-                if result["processbench"]["subsets"] else "")
+                if processbench_subsets(result["processbench"]) else "")
              + (prmbench_table(result["prmbench"]) if "prmbench" in result else ""))
   plot_calibration(result, os.path.join(out_dir, "calibration.png"))
   return result

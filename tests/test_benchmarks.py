@@ -12,7 +12,7 @@ import pytest
 
 from prm_jax.data.benchmarks import read_prmbench, read_processbench, sniff
 from prm_jax.data.commands import open_records
-from prm_jax.evaluation import process_eval, prmbench_scores
+from prm_jax.evaluation import process_eval, processbench_subsets, prmbench_scores
 from prm_jax.records import DataError, write_jsonl
 from tests.conftest import FIXTURES
 
@@ -44,12 +44,14 @@ def test_prmbench_lines_label_every_step(tmp_path):
   for s, row in zip(sols, rows):
     assert s.problem_id == f"confidence_{row['idx']}" and s.steps == row["modified_process"]
     assert s.step_labels == [-1 if i + 1 in row["error_steps"] else 1 for i in range(len(s.steps))]
+    assert s.meta["subset"] == s.meta["classification"] == "confidence"
   red = dict(rows[0], classification="redundency")  # the loader adds its original solution, once
   path = tmp_path / "red.jsonl"
   path.write_text(json.dumps(red) + "\n" + json.dumps(red) + "\n")
   sols = list(read_prmbench(str(path)))
   assert [s.problem_id for s in sols] == [f"correct_{red['idx']}", f"redundency_{red['idx']}"]
   assert sols[0].step_labels == [1] * len(red["original_process"])
+  assert [s.meta["subset"] for s in sols] == ["correct", "redundency"]
 
 
 def scored_processbench(probs_for):
@@ -69,18 +71,20 @@ def test_processbench_table_is_the_papers_with_a_fixed_threshold(tmp_path):
     return [0.1 if i == k else 0.9 for i in range(len(s.steps))]
   r = process_eval(scored_processbench(perfect), threshold=0.5)
   assert r["threshold_chosen_on"] == "fixed" and r["num_test"] == 40
-  for subset, m in r["processbench"]["subsets"].items():
+  assert set(r["processbench"]) == {"gsm8k", "math", "olympiadbench", "omnimath", "average_f1"}
+  for subset, m in processbench_subsets(r["processbench"]).items():
+    assert set(m) == {"f1", "acc_erroneous", "acc_correct", "n_erroneous", "n_correct"}
     assert (m["acc_erroneous"], m["acc_correct"], m["f1"]) == (1.0, 1.0, 1.0), subset
     assert (m["n_erroneous"], m["n_correct"]) == (6, 4)
   assert r["processbench"]["average_f1"] == 1.0
   trusting = process_eval(scored_processbench(lambda s: [0.9] * len(s.steps)), threshold=0.5)
-  for m in trusting["processbench"]["subsets"].values():
+  for m in processbench_subsets(trusting["processbench"]).values():
     assert m["acc_erroneous"] == 0.0 and m["acc_correct"] == 1.0 and m["f1"] == 0.0
   # a PRM that flags the step before the error is wrong on erroneous items whose label > 0
   early = process_eval(scored_processbench(
       lambda s: [0.1 if i == max(s.meta["label"] - 1, 0) and s.meta["label"] >= 0 else 0.9
                  for i in range(len(s.steps))]), threshold=0.5)
-  for subset, m in early["processbench"]["subsets"].items():
+  for subset, m in processbench_subsets(early["processbench"]).items():
     items = json.loads((PB / f"{subset}.sample.json").read_text())
     zero = sum(x["label"] == 0 for x in items)
     a = zero / 6
@@ -117,7 +121,8 @@ def test_process_eval_command_prints_and_writes_the_tables(tmp_path):
   assert p.returncode == 0, p.stderr[-2000:]
   assert "| F1 | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 |" in p.stdout  # all trusted: no error found
   result = json.loads((out / "process.json").read_text())
-  assert set(result["processbench"]["subsets"]) == {"gsm8k", "math", "olympiadbench", "omnimath"}
+  assert set(result["processbench"]) == {"gsm8k", "math", "olympiadbench", "omnimath", "average_f1"}
+  assert result["processbench"]["average_f1"] == 0.0  # PRMBench rows are not a ProcessBench subset
   assert result["prmbench"]["confidence"]["f1"] == 0.0  # every PRMBench step called invalid
   md = (out / "process.md").read_text()
   assert "ProcessBench (earliest-error identification, threshold 0.50)" in md

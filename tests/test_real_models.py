@@ -195,3 +195,72 @@ def test_export_round_trips_a_generator_and_an_orm(tmp_path):
   want = [s.scores["orm"] for s in Scorer(orm.model, orm.tokenizer, c).score(sols)]
   got = [s.scores["orm"] for s in Scorer.from_run(f"hf:{tmp_path / 'orm'}", c).score(sols)]
   np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def _files(folder) -> dict[str, bytes]:
+  return {p.name: p.read_bytes() for p in sorted(pathlib.Path(folder).iterdir())
+          if p.name.startswith("model")}
+
+
+def test_export_streams_one_tensor_at_a_time(tmp_path):
+  """Host memory the export allocates (tracemalloc, which sees NumPy's buffers) peaks near its
+  largest tensor, not near the model: each tensor is gathered from its shardings, written and
+  dropped, and the parameters keep no host copy. A scan_layers model (one layer's slice gathered at
+  a time) writes the same bytes as the unscanned one."""
+  import tracemalloc
+  from flax import nnx
+  from prm_jax.model import ModelConfig
+  from prm_jax.model.heads import build_model
+  from prm_jax.model.hf_export import export
+  from prm_jax.model.hf_import import load_hf_causal_lm
+  tok = load_tokenizer(str(QWEN))
+  cfg = ModelConfig(vocab_size=704, dim=256, num_layers=8, num_heads=4, num_kv_heads=2,
+                    mlp_dim=1024, max_seq_len=128)
+  ref = export(build_model("sft", cfg, nnx.Rngs(0)), tok, str(tmp_path / "ref"),
+               max_shard_bytes=4 * 2**20)
+  want = _files(tmp_path / "ref")
+  largest = 256 * 1024 * 4
+  assert ref["bytes"] > 25 * largest and len(ref["files"]) >= 7
+  mesh = sharding.make_mesh((1, 4, 2))  # fsdp x tensor: every matrix split over the devices
+  for scan in (False, True):
+    model = load_hf_causal_lm(str(tmp_path / "ref"), mesh=mesh, rules=base.RULES,
+                              scan_layers=scan)
+    export(model, tok, str(tmp_path / f"warm{scan}"), max_shard_bytes=4 * 2**20)  # compiles
+    tracemalloc.start()
+    try:
+      export(model, tok, str(tmp_path / f"out{scan}"), max_shard_bytes=4 * 2**20)
+      peak = tracemalloc.get_traced_memory()[1]
+    finally:
+      tracemalloc.stop()
+    assert _files(tmp_path / f"out{scan}") == want, scan
+    assert peak < 3 * largest, (scan, peak, ref["bytes"])
+
+
+def test_a_sentencepiece_run_exports_as_llama(runs, tmp_path):
+  """Runs trained from scratch with the project's sentencepiece tokenizer export as Llama: the PRM
+  a LlamaForTokenClassification that `hf:DIR` scores exactly as the run, the generator a
+  LlamaForCausalLM with the run's logits."""
+  from prm_jax.model.hf_export import export_run
+  from prm_jax.model.hf_import import load_hf_causal_lm
+  from prm_jax.tokenizer import SentencePieceTokenizer
+  from tests.conftest import one_digit_sums
+  c = base.get_config()
+  c.score.update(dict(seq_len=64, rows=8))
+  summary = export_run(runs["prm"], str(tmp_path / "prm"), c)
+  assert summary["architecture"] == "LlamaForTokenClassification"
+  config = json.loads((tmp_path / "prm" / "config.json").read_text())
+  assert config["architectures"] == ["LlamaForTokenClassification"] and config["num_labels"] == 3
+  assert (tmp_path / "prm" / "tokenizer.json").exists()
+  assert isinstance(load_tokenizer(str(tmp_path / "prm")), SentencePieceTokenizer)
+  sols = one_digit_sums(12, 5)
+  want = [s.scores["prm_steps"] for s in Scorer.from_run(runs["prm"], c).score(sols)]
+  got = [s.scores["prm_steps"] for s in Scorer.from_run(f"hf:{tmp_path / 'prm'}", c).score(sols)]
+  for a, b in zip(want, got):
+    np.testing.assert_allclose(b, a, atol=1e-6)
+  summary = export_run(runs["sft"], str(tmp_path / "sft"), c)
+  assert summary["architecture"] == "LlamaForCausalLM"
+  mesh = sharding.make_mesh(c.mesh)
+  gen = Run.open(runs["sft"], mesh, base.RULES)
+  x = np.asarray(gen.tokenizer.encode("Add.\n3+4=7\n"))[None]
+  np.testing.assert_allclose(load_hf_causal_lm(str(tmp_path / "sft"), mesh=mesh)(x),
+                             gen.model(x), atol=1e-5)

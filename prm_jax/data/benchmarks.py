@@ -10,8 +10,10 @@ PRMBench (github.com/ssmisya/PRMBench): JSONL, each line a modified PRM800K solu
 `{idx, original_question, modified_question, original_process, modified_process, error_steps (1-based),
 classification, ...}`. As `Solution`s (as the benchmark's own loader builds its items):
 `problem_id` = "<classification>_<idx>", steps = modified_process, `step_labels` -1 on every error
-step and +1 on every other (PRMBench labels all steps), `meta.classification`; a `redundency` line
-also yields its original solution once, all +1, as classification `correct`.
+step and +1 on every other (PRMBench labels all steps), `meta.classification` and `meta.subset`
+(both the classification; `meta.source` = "prmbench" keeps the rows out of ProcessBench's table and
+scores them with PRMBench's own metric); a `redundency` line also yields its original solution
+once, all +1, as classification `correct`.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def prmbench_solutions(row: Any) -> list[Solution]:
     raise ValueError(f"'error_steps' must be 1-based step numbers up to {len(steps)}, got "
                      f"{errors!r}"[:200])
   kind = str(row["classification"])
-  meta = {"classification": kind, "error_steps": list(errors), "source": "prmbench"}
+  meta = {"classification": kind, "subset": kind, "error_steps": list(errors), "source": "prmbench"}
   out = [Solution(problem_id=f"{kind}_{row['idx']}", problem=str(row["modified_question"]),
                   steps=list(steps), step_labels=[-1 if i + 1 in errors else 1
                                                   for i in range(len(steps))], meta=meta)]
@@ -111,8 +113,8 @@ def prmbench_solutions(row: Any) -> list[Solution]:
     out.insert(0, Solution(problem_id=f"correct_{row['idx']}",
                            problem=str(row.get("original_question", row["modified_question"])),
                            steps=original, step_labels=[1] * len(original),
-                           meta={"classification": "correct", "error_steps": [],
-                                 "source": "prmbench"}))
+                           meta={"classification": "correct", "subset": "correct",
+                                 "error_steps": [], "source": "prmbench"}))
   return out
 
 

@@ -9,19 +9,25 @@ sentencepiece run's tokenizer.model plus the tokenizer.json transformers reads t
 `prm_jax.json`: the run's step format and scoring settings, so the model is scored elsewhere the way
 it was trained (`Run.open("hf:DIR")` reads it back).
 
-Tensors stream one at a time from their shardings (each gathered alone, written by process 0), so a
-model sharded over a pod never gathers whole onto one host.
+Tensors stream one at a time from their shardings: the files and their headers are planned from
+shapes alone, then each tensor (of a scanned model, one layer's slice) is transformed on device,
+gathered alone, appended by process 0 and dropped, so a model sharded over a pod never gathers
+whole onto one host and no host holds more than one tensor of it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import math
 import os
 import struct
 import sys
 from typing import Any, Iterator
 
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
@@ -88,47 +94,92 @@ def hf_config(cfg: ModelConfig, model, tokenizer) -> dict[str, Any]:
   return out
 
 
-def _tensors(model, cfg: ModelConfig) -> Iterator[tuple[str, jax.Array, Any]]:
-  """(HF name, our array, to_hf(numpy) -> numpy) for every tensor of the export."""
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+  """One tensor of the export, planned before anything moves: our parameter (stacked over layers
+  with `scan_layers`: `layer` picks the slice), the reshape / transpose that gives the HF layout,
+  and the HF shape and dtype (abstract: planning gathers nothing)."""
+
+  name: str
+  value: jax.Array
+  layer: int | None
+  reshape: tuple[int, ...] | None
+  transpose: bool
+  shape: tuple[int, ...]
+  dtype: np.dtype
+
+  @property
+  def nbytes(self) -> int:
+    return math.prod(self.shape) * self.dtype.itemsize
+
+  def gather(self) -> np.ndarray:
+    """This tensor alone, in HF layout, whole on this host (every process must call it). The
+    slice and transform run on device into a fresh array, so only it crosses to the host and the
+    parameter keeps no host copy (`np.asarray` caches one on the array it reads)."""
+    layer = None if self.layer is None else np.int32(self.layer)
+    return _host(_hf_view(self.value, layer, reshape=self.reshape, transpose=self.transpose))
+
+
+@functools.partial(jax.jit, static_argnames=("reshape", "transpose"))
+def _hf_view(w: jax.Array, layer, *, reshape, transpose) -> jax.Array:
+  if layer is not None:  # a traced index: one compile per parameter, not per layer
+    w = jax.lax.dynamic_index_in_dim(w, layer, 0, keepdims=False)
+  if reshape is not None:
+    w = w.reshape(reshape)
+  return jnp.copy(w.T if transpose else w)
+
+
+def _plan(model, cfg: ModelConfig) -> list[_Tensor]:
+  """Every tensor of the export, in file order, with its HF shape (from `jax.eval_shape`)."""
   d, n, k, h = cfg.dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   t = model.transformer
-  yield "model.embed_tokens.weight", t.embed[...], lambda w: w
-  yield "model.norm.weight", t.final_norm.scale[...], lambda w: w
-  per_layer = {
-      "self_attn.q_proj.weight": (("attn", "q_proj"), lambda w: w.reshape(d, n * h).T),
-      "self_attn.k_proj.weight": (("attn", "k_proj"), lambda w: w.reshape(d, k * h).T),
-      "self_attn.v_proj.weight": (("attn", "v_proj"), lambda w: w.reshape(d, k * h).T),
-      "self_attn.o_proj.weight": (("attn", "o_proj"), lambda w: w.reshape(n * h, d).T),
-      "mlp.gate_proj.weight": (("mlp", "gate"), lambda w: w.T),
-      "mlp.up_proj.weight": (("mlp", "up"), lambda w: w.T),
-      "mlp.down_proj.weight": (("mlp", "down"), lambda w: w.T),
-      "input_layernorm.weight": (("attn_norm", "scale"), lambda w: w),
-      "post_attention_layernorm.weight": (("mlp_norm", "scale"), lambda w: w)}
+  out: list[_Tensor] = []
+
+  def add(name, value, reshape=None, transpose=False, layer=None):
+    view = functools.partial(_hf_view, reshape=reshape, transpose=transpose)
+    abstract = jax.eval_shape(view, value, None if layer is None else np.int32(layer))
+    out.append(_Tensor(name, value, layer, reshape, transpose, tuple(abstract.shape),
+                       np.dtype(abstract.dtype)))
+
+  add("model.embed_tokens.weight", t.embed[...])
+  add("model.norm.weight", t.final_norm.scale[...])
+  per_layer = {  # HF name: ((module, attribute), reshape, transpose)
+      "self_attn.q_proj.weight": (("attn", "q_proj"), (d, n * h), True),
+      "self_attn.k_proj.weight": (("attn", "k_proj"), (d, k * h), True),
+      "self_attn.v_proj.weight": (("attn", "v_proj"), (d, k * h), True),
+      "self_attn.o_proj.weight": (("attn", "o_proj"), (n * h, d), True),
+      "mlp.gate_proj.weight": (("mlp", "gate"), None, True),
+      "mlp.up_proj.weight": (("mlp", "up"), None, True),
+      "mlp.down_proj.weight": (("mlp", "down"), None, True),
+      "input_layernorm.weight": (("attn_norm", "scale"), None, False),
+      "post_attention_layernorm.weight": (("mlp_norm", "scale"), None, False)}
   if cfg.qkv_bias:
     per_layer.update({
-        "self_attn.q_proj.bias": (("attn", "q_bias"), lambda b: b.reshape(n * h)),
-        "self_attn.k_proj.bias": (("attn", "k_bias"), lambda b: b.reshape(k * h)),
-        "self_attn.v_proj.bias": (("attn", "v_bias"), lambda b: b.reshape(k * h))})
+        "self_attn.q_proj.bias": (("attn", "q_bias"), (n * h,), False),
+        "self_attn.k_proj.bias": (("attn", "k_bias"), (k * h,), False),
+        "self_attn.v_proj.bias": (("attn", "v_bias"), (k * h,), False)})
   for i in range(cfg.num_layers):
-    for name, ((mod, attr), tf) in per_layer.items():
-      if cfg.scan_layers:
-        stacked = getattr(getattr(t.layers, mod), attr)[...]
-        yield f"model.layers.{i}.{name}", stacked, (lambda w, i=i, tf=tf: tf(w[i]))
+    for name, ((mod, attr), reshape, transpose) in per_layer.items():
+      if cfg.scan_layers:  # the stacked parameter, sliced on device
+        add(f"model.layers.{i}.{name}", getattr(getattr(t.layers, mod), attr)[...], reshape,
+            transpose, layer=i)
       else:
-        yield f"model.layers.{i}.{name}", getattr(getattr(t.layers[i], mod), attr)[...], tf
+        add(f"model.layers.{i}.{name}", getattr(getattr(t.layers[i], mod), attr)[...], reshape,
+            transpose)
   kind = getattr(model, "kind", "sft")
   if kind == "sft":
     if not cfg.tie_embeddings:
-      yield "lm_head.weight", model.lm_head[...], lambda w: w.T
+      add("lm_head.weight", model.lm_head[...], transpose=True)
   elif model.spec.hidden:
-    yield "score.0.weight", model.head_w1[...], lambda w: w.T
-    yield "score.0.bias", model.head_b1[...], lambda w: w
-    yield "score.2.weight", model.head_w[...], lambda w: w.T
-    yield "score.2.bias", model.head_b[...], lambda w: w
+    add("score.0.weight", model.head_w1[...], transpose=True)
+    add("score.0.bias", model.head_b1[...])
+    add("score.2.weight", model.head_w[...], transpose=True)
+    add("score.2.bias", model.head_b[...])
   else:
-    yield "score.weight", model.head_w[...], lambda w: w.T
+    add("score.weight", model.head_w[...], transpose=True)
     if kind == "prm":  # transformers' token classifier has a bias; its sequence classifier not
-      yield "score.bias", model.head_b[...], lambda w: w
+      add("score.bias", model.head_b[...])
+  return out
 
 
 def _host(x: jax.Array) -> np.ndarray:
@@ -139,22 +190,39 @@ def _host(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _write_safetensors(path: str, tensors: list[tuple[str, np.ndarray]]) -> None:
+def _shards(plan: list[_Tensor], max_shard_bytes: int) -> list[list[_Tensor]]:
+  """The tensors in files of at most `max_shard_bytes` (a larger tensor gets a file alone)."""
+  shards: list[list[_Tensor]] = [[]]
+  size = 0
+  for t in plan:
+    if size and size + t.nbytes > max_shard_bytes:
+      shards.append([])
+      size = 0
+    shards[-1].append(t)
+    size += t.nbytes
+  return shards
+
+
+def _write_safetensors(path: str, planned: list[_Tensor], arrays: Iterator[np.ndarray]) -> None:
+  """One safetensors file: the header from the plan, then each tensor's bytes as it arrives (one
+  in memory at a time); written to a temporary name and renamed when whole."""
   header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
   offset = 0
-  for name, arr in tensors:
-    size = arr.nbytes
-    header[name] = {"dtype": _DTYPES[arr.dtype], "shape": list(arr.shape),
-                    "data_offsets": [offset, offset + size]}
-    offset += size
+  for t in planned:
+    header[t.name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape),
+                      "data_offsets": [offset, offset + t.nbytes]}
+    offset += t.nbytes
   raw = json.dumps(header, separators=(",", ":")).encode()
   raw += b" " * (-len(raw) % 8)
   tmp = path + ".tmp"
   with open(tmp, "wb") as f:
     f.write(struct.pack("<Q", len(raw)))
     f.write(raw)
-    for _, arr in tensors:
-      f.write(np.ascontiguousarray(arr).tobytes())
+    for t, arr in zip(planned, arrays, strict=True):
+      if arr.shape != t.shape or arr.dtype != t.dtype:
+        raise AssertionError(f"{t.name}: gathered {arr.dtype}{list(arr.shape)}, planned "
+                             f"{t.dtype}{list(t.shape)}")
+      f.write(np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data)
   os.replace(tmp, path)
 
 
@@ -169,29 +237,26 @@ def export(model: nnx.Module, tokenizer, output: str, *, fmt: dict[str, Any] | N
   main = distributed.is_main()
   if main:
     os.makedirs(output, exist_ok=True)
-  shards: list[list[tuple[str, np.ndarray]]] = [[]]
-  sizes = [0]
-  total = 0
-  for name, value, to_hf in _tensors(model, cfg):
-    arr = np.ascontiguousarray(to_hf(_host(value)))  # every process joins the gather
-    if not main:
-      continue
-    if sizes[-1] and sizes[-1] + arr.nbytes > max_shard_bytes:
-      shards.append([])
-      sizes.append(0)
-    shards[-1].append((name, arr))
-    sizes[-1] += arr.nbytes
-    total += arr.nbytes
+  shards = _shards(_plan(model, cfg), max_shard_bytes)
+  total = sum(t.nbytes for shard in shards for t in shard)
   files = (["model.safetensors"] if len(shards) == 1 else
            [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+  for f, shard in zip(files, shards):
+    arrays = (t.gather() for t in shard)  # every process joins each gather, in the same order
+    if main:
+      _write_safetensors(os.path.join(output, f), shard, arrays)
+    else:
+      for _ in arrays:
+        pass
+  orm_bias = None
+  if getattr(model, "kind", None) == "orm":  # transformers' sequence classifier has no bias
+    orm_bias = float(_host(_hf_view(model.head_b[...], None, reshape=None, transpose=False))[0])
   if main:
     from prm_jax.records import write_json
-    for f, shard in zip(files, shards):
-      _write_safetensors(os.path.join(output, f), shard)
     if len(files) > 1:
       write_json(os.path.join(output, "model.safetensors.index.json"), {
           "metadata": {"total_size": total},
-          "weight_map": {name: f for f, shard in zip(files, shards) for name, _ in shard}})
+          "weight_map": {t.name: f for f, shard in zip(files, shards) for t in shard}})
     write_json(os.path.join(output, "config.json"), config)
     if hasattr(tokenizer, "hf"):
       tokenizer.hf.save_pretrained(output)  # tokenizer.json, tokenizer_config.json, template
@@ -204,8 +269,8 @@ def export(model: nnx.Module, tokenizer, output: str, *, fmt: dict[str, Any] | N
         print(f"export: {e}; wrote tokenizer.model only", file=sys.stderr, flush=True)
     sidecar = {"task": getattr(model, "kind", "sft"), "format": fmt or {},
                "neutral_is_positive": neutral_is_positive}
-    if getattr(model, "kind", None) == "orm":  # transformers' sequence classifier has no bias
-      sidecar["orm_bias"] = float(np.asarray(_host(model.head_b[...]))[0])
+    if orm_bias is not None:
+      sidecar["orm_bias"] = orm_bias
     write_json(os.path.join(output, SIDECAR), sidecar)
   distributed.barrier("export")
   return {"architecture": config["architectures"][0], "files": files, "bytes": total,
