@@ -39,6 +39,46 @@ def test_top_k_and_top_p_masks():
 NO_STOPS = StopTables.build([], ["x"] * 128)
 
 
+class Fixed:
+  """A stand-in model with the same next-token logits at every position of every row."""
+
+  def __init__(self, logits):
+    self.logits = jnp.asarray(logits, jnp.float32)
+
+  def decode(self, tokens, cache, positions):
+    return jnp.broadcast_to(self.logits, tokens.shape + self.logits.shape), cache
+
+
+def test_temperature_top_k_top_p_and_vocab_limit_compose():
+  """Drawn frequencies match the closed form: banned ids and ids >= vocab_limit removed, logits
+  divided by the temperature, the top k kept, then the nucleus of mass p of what is left."""
+  logits = np.zeros(16)
+  logits[[0, 2]] = 6.0            # banned (padding, BOS), the most likely otherwise
+  logits[12:] = 5.0               # past vocab_limit (the model's padded vocabulary rows)
+  logits[[1, 3, 4, 5, 6, 7]] = [3.0, 2.5, 2.0, 1.5, 1.0, 0.5]
+  sc = SamplingConfig(max_new_tokens=8, temperature=2.0, top_k=5, top_p=0.8, eos_id=15, pad_id=0,
+                      banned_ids=(0, 2), vocab_limit=12)
+  allowed = [i for i in range(12) if i not in (0, 2)]
+  scaled = logits[allowed] / 2.0
+  top = np.argsort(-scaled)[:5]                         # top-k of the allowed, after temperature
+  p = np.exp(scaled[top]) / np.exp(scaled[top]).sum()
+  nucleus = top[:int(np.sum(np.cumsum(p) - p < 0.8))]   # the smallest prefix reaching 0.8
+  want = np.zeros(16)
+  want[np.asarray(allowed)[nucleus]] = np.exp(scaled[nucleus]) / np.exp(scaled[nucleus]).sum()
+  assert np.count_nonzero(want) == 4  # every filter removed something: 16 -> 10 -> 5 -> 4
+  rows = 2048
+  cache = KVCache(jnp.zeros((1, 1, 1, 1, 2)), jnp.zeros((1, 1, 1, 1, 2)),
+                  jnp.zeros((1, 1), jnp.int32), jnp.zeros((), jnp.int32))
+  tok, pos = left_pad([[1, 1]] * rows, 2, 0)
+  out, lens, _ = jax.jit(lambda c, t, p, k: generate(Fixed(logits), c, t, p, k, jnp.asarray(NO_STOPS.next),
+                                                     jnp.asarray(NO_STOPS.accept), sc))(
+      cache, tok, pos, row_keys(0, [f"r{i}" for i in range(rows)], range(rows)))
+  assert (np.asarray(lens) == 8).all()
+  freq = np.bincount(np.asarray(out).reshape(-1), minlength=16) / out.size
+  # 16384 draws: each frequency's standard error is below 0.004
+  np.testing.assert_allclose(freq, want, atol=0.015)
+
+
 @pytest.mark.parametrize("scan", [False, True])
 def test_greedy_kv_cache_equals_full_forward_argmax(tiny_cfg, scan):
   model = CausalLM(tiny_cfg.replace(scan_layers=scan), rngs=nnx.Rngs(0))
@@ -49,6 +89,9 @@ def test_greedy_kv_cache_equals_full_forward_argmax(tiny_cfg, scan):
   out, lens, _ = jax.jit(generate, static_argnums=7)(
       model, cache, tok, pos, row_keys(0, "abc", [0] * 3), NO_STOPS.next, NO_STOPS.accept, sc)
   full = jax.jit(lambda m, x: m(x))
+  lens = np.asarray(lens)
+  # every row ran: the full 12 tokens, or fewer ending at EOS (the loop below checks each one)
+  assert all(n == 12 or (0 < n and int(out[r, n - 1]) == 127) for r, n in enumerate(lens)), lens
   for r, p in enumerate(prompts):
     seq = list(p)
     for i in range(int(lens[r])):
@@ -143,6 +186,41 @@ def test_sampler_is_deterministic_per_seed_and_batch_independent(runs):
   assert [s.steps for s in a] != [s.steps for s in c]   # another seed: other samples
   assert all(s.finish_reason in ("eos", "answer", "length") for s in a)
   assert all(isinstance(s.is_correct, bool) for s in a)
+
+
+def test_wrong_kind_checkpoints_and_too_long_prompts_fail_clearly(runs):
+  with pytest.raises(ValueError, match="holds a 'prm' model; sampling needs 'sft'"):
+    Sampler.from_run(runs["prm"], sample_config())
+  with pytest.raises(ValueError, match="holds a 'sft' model; scoring needs 'orm' or 'prm'"):
+    Scorer.from_run(runs["sft"], sample_config())
+  s = Sampler.from_run(runs["sft"], sample_config(batch_size=8, buckets=[16, 32]))
+  long = Problem("long", "Add. " * 40, "4")
+  with pytest.raises(ValueError, match=r"prompt of \d+ tokens is longer than the largest bucket 32"):
+    s.sample([Problem("q", "Add.", "4"), long], 1)
+
+
+def test_scorer_scores_the_whole_steps_that_fit_in_seq_len(runs):
+  """A solution longer than `score.seq_len` is scored on the whole steps that fit: its
+  `meta.scored_steps`, its per-step scores and its product are those of that prefix alone."""
+  from prm_jax.records import Solution
+  c = base.get_config()
+  c.score.update(dict(seq_len=64, rows=8))
+  scorer = Scorer.from_run(runs["prm"], c)
+  steps = [f"{a}+{a}={2 * a}" for a in range(1, 40)]
+  long = Solution("long", "Add.", steps)
+  short = Solution("short", "Add.", steps[:2])
+  got_long, got_short = scorer.score([long, short])
+  k = got_long.meta["scored_steps"]
+  assert 2 < k < len(steps)
+  assert "scored_steps" not in got_short.meta and len(got_short.scores["prm_steps"]) == 2
+  assert got_long.steps == steps  # the record keeps every step; only the scores stop at k
+  (prefix,) = scorer.score([Solution("long", "Add.", steps[:k])])
+  assert "scored_steps" not in prefix.meta
+  np.testing.assert_allclose(got_long.scores["prm_steps"], prefix.scores["prm_steps"], atol=1e-5)
+  assert len(got_long.scores["prm_steps"]) == k
+  assert got_long.scores["prm"] == pytest.approx(prefix.scores["prm"], abs=1e-5)
+  (one_more,) = scorer.score([Solution("long", "Add.", steps[:k + 1])])
+  assert one_more.meta["scored_steps"] == k  # step k + 1 is the first that does not fit
 
 
 def launch(*args):
