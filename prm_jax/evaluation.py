@@ -67,14 +67,17 @@ def build_pools(solutions: Iterable[Solution], mode: str = "prm800k") -> list[Pr
   by_problem: dict[str, list[Solution]] = {}
   for s in solutions:
     by_problem.setdefault(s.problem_id, []).append(s)
-  pools = []
+  pools, graded = [], {}
   for pid, sols in by_problem.items():
     answers = [s.answer for s in sols]
     correct = []
     for s in sols:
       c = s.is_correct
       if c is None and s.answer is not None and s.ground_truth_answer is not None:
-        c = grading.grade_answer(s.answer, s.ground_truth_answer, mode)
+        key = (s.answer, s.ground_truth_answer)
+        if key not in graded:  # a pool repeats its answers: each distinct one is graded once
+          graded[key] = grading.grade_answer(s.answer, s.ground_truth_answer, mode)
+        c = graded[key]
       correct.append(bool(c))
     scores = {}
     for m in ("prm", "orm", "prm_log"):

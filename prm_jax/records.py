@@ -167,9 +167,17 @@ def iter_json_lines(path: str, skip_invalid: bool = False, stats: ReadStats | No
       if not line.strip():
         continue
       try:
-        yield lineno, json.loads(line)
+        obj = json.loads(line)
       except json.JSONDecodeError as e:
         _fail(stats, skip_invalid, f"{path}:{lineno}: malformed JSON: {e.msg} at column {e.colno}")
+        continue
+      except RecursionError:
+        _fail(stats, skip_invalid, f"{path}:{lineno}: JSON nested too deeply to read")
+        continue
+      except ValueError as e:  # e.g. an integer of more digits than Python converts
+        _fail(stats, skip_invalid, f"{path}:{lineno}: unreadable JSON: {e}")
+        continue
+      yield lineno, obj
 
 
 def _fail(stats: ReadStats, skip_invalid: bool, message: str) -> None:

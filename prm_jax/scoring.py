@@ -290,6 +290,7 @@ class Scorer:
     self.rows = max(div, sc.rows - sc.rows % div)
     self.seq_len, self.chunk, self.pack = sc.seq_len, sc.chunk, bool(sc.get("pack", True))
     graphdef, params = nnx.split(model)
+    self.graphdef, self.rules = graphdef, rules   # for other programs over the same weights (search)
     param_sh = sharding.state_shardings(params, self.mesh, rules)
     self.params = jax.device_put(params, param_sh)
     self._row = sharding.logical_sharding(("batch", None), (self.rows, self.seq_len), self.mesh,
@@ -417,9 +418,15 @@ def score_to_file(scorer: Scorer, solutions: Iterable[Solution], output: str,
 def _difference(done: Solution, given: Solution) -> str:
   """The first field in which a row of the output differs from its input row, in a few words."""
   a, b = json.loads(input_identity(done)), json.loads(input_identity(given))
-  key = next(k for k in a if a[k] != b.get(k))
+  missing = object()
+  key = next((k for k in [*a, *(k for k in b if k not in a)]
+              if a.get(k, missing) != b.get(k, missing)), None)
+  if key is None:
+    return "nothing (the rows are the same)"
 
-  def show(v):
-    text = json.dumps(v, ensure_ascii=False)
+  def show(d):
+    if key not in d:
+      return "absent"
+    text = json.dumps(d[key], ensure_ascii=False)
     return text if len(text) <= 40 else text[:37] + "..."
-  return f"{key} ({show(a[key])} there, {show(b[key])} in the input)"
+  return f"{key} ({show(a)} there, {show(b)} in the input)"

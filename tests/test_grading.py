@@ -333,7 +333,7 @@ def test_time_bound_holds_off_the_main_thread(monkeypatch, mode, inner):
     return True
   monkeypatch.setattr(grading, inner, endless)
   try:
-    done, result, seconds = _in_thread(lambda: grade_answer("1", "1", mode=mode), 6.0)
+    done, result, seconds = _in_thread(lambda: grade_answer("1", "1.0", mode=mode), 6.0)
   finally:
     stop.set()
   assert done and result is False and seconds < grading.TIME_LIMIT_S + 1.0
@@ -358,3 +358,107 @@ def test_math_verify_gets_a_timeout_on_the_main_thread(monkeypatch):
   assert grade_answer("\\frac{1}{2}", "0.5", mode="math_verify") is True
   assert [name for name, _ in seen] == ["parse", "parse", "verify"]
   assert all(t is not None and 0 < t <= 5 for _, t in seen), seen
+
+
+# ----------------------------------------------------------------------------- linear time
+
+def _unwrap_by_replacing(s, name):
+  """The old `_unwrap_command`: search and replace until no `\\name{` is left (quadratic)."""
+  from prm_jax.grading import _brace_content
+  key = "\\" + name + "{"
+  while key in s:
+    i = s.index(key)
+    got = _brace_content(s, i + len(key) - 1)
+    if got is None:
+      break
+    s = s[:i] + got[0] + s[got[1]:]
+  return s
+
+
+def _units_by_old_regex(s):
+  """The old units pattern, whose `\\s*` after a `\\s` lookbehind split a run of spaces every way."""
+  import re
+  from prm_jax.grading import _UNITS
+  units = "|".join(re.escape(u) for u in sorted(_UNITS, key=len, reverse=True))
+  return re.sub(rf"(?<=[\d}}).\s])\s*(?:{units})(?:\^?\{{?\d\}}?)?(?![a-zA-Z])", "", s)
+
+
+def _boxed_by_rescanning(text):
+  """The old `extract_boxed`: one brace scan per `\\boxed`, from the last."""
+  import re
+  from prm_jax.grading import _brace_content
+  if not text:
+    return None
+  for m in reversed(list(re.finditer(r"\\(?:boxed|fbox)\s*", text))):
+    j = m.end()
+    if j < len(text) and text[j] == "{":
+      got = _brace_content(text, j)
+      if got is not None:
+        return got[0]
+    elif m.group(0).endswith(" ") or (j < len(text) and text[j] != "{"):
+      rest = re.match(r"[^\s$]+", text[j:])
+      if rest:
+        return rest.group(0)
+  return None
+
+
+def test_the_linear_rewrites_equal_the_quadratic_originals():
+  """The one-pass `_unwrap_command`, units pattern and `extract_boxed` replaced quadratic code; on
+  every input (random strings over the characters that matter) they give exactly what it gave."""
+  from hypothesis import given, settings, strategies as st
+  from prm_jax import grading
+  pieces = st.lists(st.sampled_from(["\\text{", "\\tex", "t{", "{", "}", "x", " ", "\\text",
+                                     "\\boxed{", "\\boxed ", "\\fbox", "$", "5", "cm", "m", "2",
+                                     ")", ".", "^", "^{2}", "\\,", "a", "inches", "\n"]),
+                    max_size=14).map("".join)
+
+  @settings(max_examples=400, deadline=None, derandomize=True, database=None)
+  @given(pieces)
+  def check(s):
+    assert grading._unwrap_command(s, "text") == _unwrap_by_replacing(s, "text"), s
+    assert grading._UNITS_RE.sub("", s) == _units_by_old_regex(s), s
+    assert grading.extract_boxed(s) == _boxed_by_rescanning(s), s
+  check()
+
+
+MB = 1 << 20
+
+
+@pytest.mark.parametrize("name,text,want", [
+    ("spaces", "1" + " " * MB + "2", "12"),
+    ("spaces before a unit", "5" + " " * MB + "cm", "5"),
+    ("nested text", "\\text{" * (MB // 6) + "7" + "}" * (MB // 6), "7"),
+    ("spaces in text", "1\\text{ " + " " * MB + "}", "1"),
+    ("power tower", "2^{" * (MB // 3) + "2" + "}" * (MB // 3), None),
+])
+def test_normalisation_is_linear_on_a_megabyte(name, text, want):
+  """Before: 5k / 10k / 20k spaces took 1.6 / 6.2 / 24.9 s (the units regex), nested `\\text{`
+  0.1 / 0.4 / 1.7 s (`_unwrap_command`): a megabyte would take hours. Now well under a second per
+  megabyte; the bound is generous for a loaded 2-core machine."""
+  from prm_jax.grading import normalize
+  t = time.perf_counter()
+  got = normalize(text)
+  assert time.perf_counter() - t < 8, name
+  if want is not None:
+    assert got == want
+
+
+def test_extract_boxed_is_linear_in_unclosed_boxes():
+  """100k unclosed `\\boxed{` rescanned the text once each (10 s at 40 kB, quadratic)."""
+  many = "\\boxed{" * (MB // 7)
+  for text, want in [(many, None), ("\\boxed{5}" + many, "5"), (many + "\\boxed{6}", "6"),
+                     ("\\boxed{\\frac{1}{2}} and " + many, "\\frac{1}{2}")]:
+    t = time.perf_counter()
+    assert extract_boxed(text) == want and extract_answer(text) == want
+    assert time.perf_counter() - t < 8
+
+
+def test_an_answer_past_the_length_cap_equals_only_itself():
+  """Long answers are never normalised (the regexes are C code no time limit stops), but an answer
+  identical to the truth is right at any length, as the grader would conclude."""
+  from prm_jax.grading import MAX_ANSWER
+  long = "1" * (MAX_ANSWER + 5)
+  assert grade_answer(long, long) and grade_answer(f" {long}\n", long)
+  assert grade_answer(long, long, mode="math_verify")
+  assert not grade_answer(long + "0", long) and not grade_answer(long, long + "0")
+  assert not grade_answer("1" + " " * MAX_ANSWER + "1", "11")  # normalising would say equal

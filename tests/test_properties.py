@@ -106,9 +106,9 @@ def test_grading_never_raises_stays_bounded_and_is_symmetric(pair):
 
 @props(60)
 @given(ANSWERS)
-def test_an_answer_equals_itself_unless_empty_or_too_long(a):
+def test_an_answer_equals_itself_unless_empty(a):
   got, t = timed(grading.grade_answer, a, a)
-  assert got == (bool(a.strip()) and len(a) <= grading.MAX_ANSWER), a
+  assert got == bool(a.strip()), a
   assert t < BOUND
 
 
@@ -340,11 +340,15 @@ def test_jsonl_readers_never_crash_on_arbitrary_bytes(name, tmp_path):
   check()
 
 
-@pytest.mark.xfail(strict=True, reason="json.loads raises RecursionError (deep nesting) and a bare "
-                   "ValueError (an integer over 4300 digits), which records.iter_json_lines does "
-                   "not turn into a DataError naming file:line")
 @pytest.mark.parametrize("line", [b"[" * 100_000 + b"]" * 100_000, b'{"steps": ' + b"7" * 5000 + b"}"],
                          ids=["deep", "long-int"])
 def test_jsonl_readers_name_the_line_json_itself_refuses(line, tmp_path):
   good = json.dumps(SEEDS[-1]).encode()
-  check_reader(read_solutions, tmp_path / "in.jsonl", good + b"\n" + line + b"\n" + good + b"\n")
+  path = tmp_path / "in.jsonl"
+  check_reader(read_solutions, path, good + b"\n" + line + b"\n" + good + b"\n")
+  with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:2: (JSON nested too deeply|"
+                                      r"unreadable JSON: Exceeds the limit)"):
+    list(read_solutions(str(path)))
+  stats = ReadStats()
+  assert len(list(read_solutions(str(path), skip_invalid=True, stats=stats))) == 2
+  assert stats.skipped == 1

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -112,6 +113,51 @@ def test_train_refuses_another_run_in_its_workdir_and_changes_nothing(runs, tmp_
   assert not (tmp_path / "nowhere").exists()
 
 
+def test_train_refuses_a_config_json_that_no_prm_jax_run_wrote(runs, tmp_path):
+  """A Hugging Face folder (or any JSON) as the workdir: one line naming the file, nothing
+  written (before: "holds a None run", or an AttributeError on a JSON list)."""
+  for name, content in [("hf", {"architectures": ["LlamaForCausalLM"], "hidden_size": 32}),
+                        ("list", [1, 2]), ("no-model", {"train": {"task": "sft"}})]:
+    work = tmp_path / name
+    work.mkdir()
+    (work / "config.json").write_text(json.dumps(content))
+    before = tree_digest(work)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(work / 'config.json'))} is not a "
+                                         r"prm_jax run's config \(no train and model sections\)"):
+      fixture_train(work, runs)
+    assert tree_digest(work) == before
+
+
+def test_a_second_train_into_a_workdir_in_use_fails_at_once(runs, tmp_path):
+  """Two real `prm-jax train` processes on one workdir: the second fails in one line naming the
+  first (its pid), writes nothing; the first trains to the end untouched."""
+  work = tmp_path / "run"
+  flags = ("train", f"--config.workdir={work}", "--config.train.task=sft",
+           f"--config.train.data={runs['train_data']}",
+           f"--config.tokenizer.path={runs['tokenizer']}", *TRAIN_FLAGS)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  first = subprocess.Popen([PRM_JAX, *flags, "--config.train.steps=200"], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline = time.time() + 240
+    while not (work / ".lock").exists() and time.time() < deadline and first.poll() is None:
+      time.sleep(0.2)
+    assert (work / ".lock").exists(), first.stdout.read() if first.poll() is not None else ""
+    before = sorted(os.listdir(work))
+    line = one_line_error(cli(*flags))
+    assert f"{work} is being written by pid {first.pid} on host " in line, line
+    assert line.endswith("choose another --config.workdir")
+    assert first.poll() is None or first.returncode == 0  # the first is not disturbed
+    out, _ = first.communicate(timeout=600)
+  finally:
+    if first.poll() is None:
+      first.kill()
+  assert first.returncode == 0, out[-3000:]
+  steps = [json.loads(l)["step"] for l in (work / "metrics.jsonl").read_text().splitlines()]
+  assert steps == sorted(set(steps)) and steps[-1] == 200
+  assert set(before) - {".lock"} <= set(os.listdir(work)) and not (work / ".lock").exists()
+
+
 def test_train_resumes_the_same_run_through_a_symlink_and_keeps_its_metrics(runs, tmp_path):
   real = tmp_path / "real"
   shutil.copytree(runs["sft"], real)
@@ -205,6 +251,51 @@ def test_a_second_score_fails_at_once_and_a_killed_holder_blocks_nothing(runs, t
   assert f"{foreign}:1: differs from input row 1 in " in line
   assert line.endswith("it was written from another input; choose another --output")
   assert foreign.read_bytes() == before
+
+
+def test_a_second_sample_fails_at_once_and_a_foreign_output_is_one_line(runs, tmp_path):
+  """`sample` under the same contract as `score`: a second writer of its output fails at once
+  naming the holder; an output holding another run's samples is refused and left as it was."""
+  problems = tmp_path / "problems.jsonl"
+  problems.write_text("".join(open(runs["problems"]).readlines()[:4]))
+  out = tmp_path / "samples.jsonl"
+  args = ("sample", f"--checkpoint={runs['sft']}", f"--input={problems}", f"--output={out}",
+          "--config.sample.n=2", "--config.sample.max_new_tokens=8", "--config.sample.batch_size=8")
+  holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    line = one_line_error(cli(*args))
+    assert f"{out} is being written by pid {holder.pid} on host " in line
+    assert line.endswith("wait for it to finish or choose another --output") and not out.exists()
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  p = cli(*args)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert len(out.read_text().splitlines()) == 8
+  # the same output resumed with another seed: another run's samples
+  before = out.read_bytes()
+  line = one_line_error(cli(*args, "--config.seed=5"))
+  assert f"{out}:1: was sampled with seed 0, this run has config.seed=5" in line, line
+  # solutions of other problems (say a scored file) as the output
+  foreign = tmp_path / "foreign.jsonl"
+  write_jsonl(str(foreign), one_digit_sums(3, 99))
+  before_foreign = foreign.read_bytes()
+  line = one_line_error(cli(*args[:4], f"--output={foreign}", *args[5:]))
+  assert line == (f"prm-jax sample: error: {foreign}:1: holds sample ('t0', None), but this "
+                  "run's row 1 is ('q0', 0); it was written from other problems or another n: "
+                  "choose another --output"), line
+  assert out.read_bytes() == before and foreign.read_bytes() == before_foreign
+
+
+def test_a_difference_in_a_field_only_the_input_has_is_named():
+  from prm_jax.scoring import _difference
+  a = Solution("p", "q", ["a"])
+  b = Solution("p", "q", ["a"], ground_truth_answer="4")
+  assert _difference(a, b) == 'ground_truth_answer (null there, "4" in the input)'
+  assert _difference(b, a) == 'ground_truth_answer ("4" there, null in the input)'
+  assert _difference(a, a) == "nothing (the rows are the same)"
 
 
 # ----------------------------------------------------------------------------- resume by identity
@@ -356,6 +447,40 @@ def test_best_of_n_over_1mb_adversarial_answers_takes_seconds():
   r = best_of_n(build_pools(sols), [1, 2, 4], trials=50)
   assert time.perf_counter() - t < 20
   assert r["num_problems"] == 3 and r["methods"]["majority"]["mean"][2] > 0
+
+
+def test_bon_eval_over_megabyte_answers_finishes_in_seconds(tmp_path):
+  """The issue's reproduction end to end: `prm-jax bon-eval` (a subprocess) over samples whose
+  answers are a megabyte each (spaces, nested \\text{, power towers, unclosed boxes). Before, one
+  such answer did not finish in 60 s; the identical copy of the truth still counts as solved."""
+  mb = 1 << 20
+  long_truth = "1" * (mb // 4)
+  bad = ["1" + " " * mb + "2", "\\text{" * (mb // 6) + "2" + "}" * (mb // 6),
+         "2^{" * (mb // 4) + "2" + "}" * (mb // 4), "\\boxed{" * (mb // 7), "2" + " " * mb]
+  rows = [Solution(f"p{k}", "q", ["s"], answer=a, ground_truth_answer="2",
+                   scores={"prm": 0.9, "orm": 0.9}, meta={"sample_idx": i})
+          for k in range(2) for i, a in enumerate(bad)]
+  rows += [Solution(f"p{k}", "q", ["s"], answer="2", ground_truth_answer="2",
+                    scores={"prm": 0.1, "orm": 0.1}, meta={"sample_idx": len(bad)}) for k in range(2)]
+  rows += [Solution("p2", "q", ["s"], answer=a, ground_truth_answer=long_truth,
+                    scores={"prm": p, "orm": p}, meta={"sample_idx": i})
+           for i, (a, p) in enumerate([(long_truth, 0.8), (long_truth + "1", 0.9)])]
+  data = tmp_path / "samples.jsonl"
+  write_jsonl(str(data), rows)
+  t = time.perf_counter()
+  p = cli("bon-eval", f"--input={data}", f"--output={tmp_path / 'bon'}", "--config.eval.n=1,2",
+          "--config.eval.trials=50", timeout=120)
+  took = time.perf_counter() - t
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert took < 60, took
+  r = json.loads((tmp_path / "bon" / "bon.json").read_text())
+  assert r["num_problems"] == 3
+  # right answers: "2" (prm 0.1) and "2" + a megabyte of spaces (0.9, the same answer stripped)
+  # among four wrong at 0.9 in p0 and p1 (AUROC (4 ties / 2) / 8 = 0.25); for p2 the megabyte-long
+  # copy of its truth (0.8) below a wrong one (0.9): 0. Were the long ones never right, p2 would
+  # have no right answer and p0, p1 would score 0.
+  auroc = r["within_problem_auroc"]["prm"]
+  assert auroc["problems"] == 3 and auroc["mean"] == pytest.approx((0.25 + 0.25 + 0) / 3)
 
 
 def test_bon_eval_says_when_its_input_holds_samples_twice(tmp_path):

@@ -41,6 +41,9 @@ def load_records(spec: str, expand_alternatives: bool = False, data_dir: str | N
     from prm_jax.data.tfds_builders import (ExpandedSource, MathProblems, Prm800k,
                                             decode_solution)
     name, split = spec[5:].split("/", 1)
+    if name == "math":
+      raise ValueError(f"{spec} holds problems, not solutions: training needs solutions (sample "
+                       "some with `prm-jax sample`, or train on tfds:prm800k/SPLIT)")
     builder = {"prm800k": Prm800k, "math": MathProblems}[name](data_dir=data_dir)
     source = builder.as_data_source(split=split)
     if name == "prm800k" and expand_alternatives:  # phase 2's rated alternatives, as from JSONL
@@ -133,7 +136,11 @@ def check_workdir(config, run: RunDir, tok) -> str:
       raise ValueError(f"{run.tokenizer_path} is another tokenizer than this run's; {again}")
     return "new"
   saved = run.read_config()
-  was = (saved.get("train") or {}).get("task")
+  if not (isinstance(saved, dict) and isinstance(saved.get("train"), dict)
+          and isinstance(saved.get("model"), dict)):
+    raise ValueError(f"{run.config_path} is not a prm_jax run's config (no train and model "
+                     f"sections): training would replace it; {again}")
+  was = saved["train"].get("task")
   if was != task:
     raise ValueError(f"{path} holds a {was} run; this is {task}: {again}")
   now = json.loads(config.to_json_best_effort())
