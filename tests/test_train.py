@@ -11,6 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -22,6 +23,7 @@ from prm_jax.train import trainer
 from prm_jax.model import ModelConfig, build_model
 from prm_jax.runs import RunDir
 from prm_jax.train.loop import TrainingDiverged, train
+from prm_jax.train.metrics import MetricWriter
 from prm_jax.records import write_jsonl
 from tests.conftest import ROOT, one_digit_sums
 
@@ -67,9 +69,12 @@ def test_prm_learns_step_labels_above_majority(tmp_path, tok):
 
 
 def read_losses(workdir):
+  """step -> loss from metrics.jsonl, which must log each step once (a resume drops and re-logs
+  the steps past its checkpoint, it does not append them twice)."""
   out = {}
   for line in open(os.path.join(workdir, "metrics.jsonl")):
     m = json.loads(line)
+    assert m["step"] not in out, f"step {m['step']} logged twice"
     out[m["step"]] = m["loss"]
   return out
 
@@ -202,26 +207,64 @@ def test_metrics_jsonl_and_tensorboard(tmp_path, tok):
   assert {"loss", "grad_norm", "tokens_per_s"} <= read_tb_scalars(tmp_path / "tb")
 
 
-def test_gradient_accumulation_updates_every_k_steps(tok):
+def test_gradient_accumulation_applies_the_mean_gradient_every_k_steps(tok):
+  """grad_accum=2 on micro-batches b1, b2, b1, b2 equals the plain optimizer stepped twice on the
+  mean of b1's and b2's gradients, and holds the parameters still between its updates. The
+  schedule's first update has learning rate 0 (warmup from 0), so the parameters first move at
+  micro-step 4 (plain training: at step 2)."""
   cfg = ModelConfig.from_dict(tiny_config("/tmp", "sft", 1).model)
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  model = sharding.init_sharded(lambda: build_model("sft", cfg, nnx.Rngs(0)), mesh, base.RULES)
+  it = iter(make_dataset(one_digit_sums(64, 7), tok, seq_len=64, global_batch=8))
+  b1, b2 = next(it), next(it)
+  assert not np.array_equal(b1["tokens"], b2["tokens"])
+  bsh = sharding.logical_sharding(("batch",), (8, 64), mesh, base.RULES)
+  host = lambda tree: jax.tree.map(lambda x: np.array(x), tree)
+
   tc = tiny_config("/tmp", "sft", 10, grad_accum=2, warmup_steps=1).train
   tx = trainer.make_optimizer(tc)
-  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  model = sharding.init_sharded(lambda: build_model("sft", cfg, nnx.Rngs(0)), mesh,
-                                base.RULES)
   graphdef, state, sh = trainer.create_train_state(model, tx, mesh, base.RULES)
-  b = next(iter(make_dataset(one_digit_sums(64, 7), tok, seq_len=64, global_batch=8)))
-  bsh = sharding.logical_sharding(("batch",), (8, 64), mesh, base.RULES)
-  step = trainer.make_train_step(graphdef, tx, trainer.task_loss("sft", tc), sh,
-                                 {k: bsh for k in b}, mesh, base.RULES)
-  embed = lambda s: np.asarray(s.params["transformer"]["embed"][...])
-  e0 = embed(state)
-  for k in range(1, 5):
+  p0 = host(state.params)
+  loss_fn = trainer.task_loss("sft", tc)
+  grad = lambda b: jax.grad(lambda p: loss_fn(nnx.merge(graphdef, p), b)[0])(
+      jax.tree.map(jnp.asarray, p0))
+  mean_grad = jax.tree.map(lambda a, c: (a + c) / 2, grad(b1), grad(b2))
+  step = trainer.make_train_step(graphdef, tx, loss_fn, sh, {k: bsh for k in b1}, mesh, base.RULES)
+  for k, b in enumerate([b1, b2, b1, b2, b1], 1):
     state, _ = step(state, sharding.shard_batch(b, mesh, base.RULES))
-    if k == 1:
-      np.testing.assert_array_equal(embed(state), e0)  # first micro-step: accumulate only
+    if k <= 3:  # accumulating (1, 3), or the first update at learning rate 0 (2)
+      jax.tree.map(np.testing.assert_array_equal, host(state.params), p0)
     if k == 4:
-      assert np.abs(embed(state) - e0).max() > 0  # steps 2 and 4 applied (lr 0 at the very first)
+      got = host(state.params)
+  jax.tree.map(np.testing.assert_array_equal, host(state.params), got)  # 5: accumulating again
+
+  plain_tc = tiny_config("/tmp", "sft", 10, warmup_steps=1).train
+  plain = trainer.make_optimizer(plain_tc)
+  params = jax.tree.map(jnp.asarray, p0)
+  opt = plain.init(params)
+  for _ in range(2):
+    updates, opt = plain.update(mean_grad, opt, params)
+    params = optax.apply_updates(params, updates)
+  moved = jax.tree.leaves(jax.tree.map(lambda a, c: np.abs(a - c).max(), host(params), p0))
+  assert max(moved) > 1e-3  # far above the tolerance below: Adam moved every step by ~lr
+  jax.tree.map(lambda a, c: np.testing.assert_allclose(a, c, rtol=2e-5, atol=1e-4), got,
+               host(params))
+
+
+def test_metric_writer_drops_the_steps_a_resume_logs_again(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  lines = [json.dumps({"step": k, "loss": 1.0 / k}) + "\n" for k in range(1, 7)]
+  path.write_text(lines[0] + '{"note": "not a step"}\n' + "".join(lines[1:]) + '{"step": 7, "lo')
+  w = MetricWriter(str(tmp_path), resume_step=4)
+  w.write(5, {"loss": 0.5})
+  w.close()
+  got = path.read_text().splitlines()
+  # steps 1-4 and the non-step line kept, 5 and 6 dropped (logged again), the torn line gone
+  assert got == [l.rstrip("\n") for l in lines[:1]] + ['{"note": "not a step"}'] + [
+      l.rstrip("\n") for l in lines[1:4]] + ['{"step": 5, "loss": 0.5}']
+  unchanged = path.read_bytes()
+  MetricWriter(str(tmp_path), resume_step=5).close()
+  assert path.read_bytes() == unchanged  # nothing past step 5: the file is not rewritten
 
 
 def test_reward_model_init_from_generator_and_hf(tmp_path, tok):
@@ -295,3 +338,52 @@ def test_checkpoint_restores_onto_another_mesh_and_keeps_last_n(tmp_path, tok):
   assert got.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
   assert src.sharding.spec == jax.sharding.PartitionSpec()
   ck.close()
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  """PRM800K's phase 2 sample and MATH's test sample built as TFDS datasets (array_record)."""
+  import shutil
+  import tensorflow_datasets as tfds
+  from prm_jax.data.tfds_builders import MathProblems, Prm800k
+  from tests.conftest import FIXTURES
+  manual = tmp_path_factory.mktemp("manual")
+  shutil.copy(FIXTURES / "prm800k" / "phase2_train.thirdparty_examples.jsonl",
+              manual / "phase2_train.jsonl")
+  shutil.copy(FIXTURES / "math_test.sample.jsonl", manual / "test.jsonl")
+  data_dir = tmp_path_factory.mktemp("tfds")
+  cfg = tfds.download.DownloadConfig(manual_dir=str(manual))
+  for builder in (Prm800k, MathProblems):
+    builder(data_dir=str(data_dir)).download_and_prepare(download_config=cfg)
+  return str(data_dir)
+
+
+def test_trains_from_a_tfds_source(tmp_path, tok, tfds_dir):
+  """`train.data=tfds:prm800k/SPLIT` trains on the same examples as the JSONL it was built from
+  (every rated alternative too), and a MATH split, which holds problems, not solutions, is
+  refused before anything is trained."""
+  cfg = tiny_config(tmp_path / "prm", "prm", 2, data="tfds:prm800k/phase2_train", seq_len=256)
+  cfg.model.update(dict(max_seq_len=256, vocab_size=640))
+  cfg.tokenizer.vocab_size = 600  # MATH's text: 256 byte pieces plus every distinct character
+  cfg.data_dir = tfds_dir
+  summary = train(cfg)  # the tokenizer too is trained on the decoded records
+  assert summary["step"] == 2 and summary["truncated_steps"] > 0  # PRM800K rows exceed 256 tokens
+  rows = [json.loads(l) for l in open(tmp_path / "prm" / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [2] and np.isfinite(rows[0]["loss"])
+  assert rows[0]["steps"] > 0  # step labels reached the loss
+  # the same examples as the JSONL the dataset was built from (TFDS stores them in another order)
+  from prm_jax.data.commands import open_records
+  from prm_jax.train.loop import load_records
+  from tests.conftest import FIXTURES
+  key = lambda s: repr((s.problem_id, s.steps, s.step_labels, s.is_correct))
+  jsonl = str(FIXTURES / "prm800k" / "phase2_train.thirdparty_examples.jsonl")
+  for expand in (False, True):
+    source, decode = load_records("tfds:prm800k/phase2_train", expand, tfds_dir)
+    got = sorted(key((decode or (lambda r: r))(source[i])) for i in range(len(source)))
+    assert got == sorted(key(s) for s in open_records(jsonl, "auto", expand=expand)), expand
+  assert len(got) > len(list(open_records(jsonl, "auto")))  # the alternatives are there
+  bad = tiny_config(tmp_path / "math", "sft", 2, data="tfds:math/test")
+  bad.data_dir = tfds_dir
+  with pytest.raises(ValueError, match=r"tfds:math/test.*problems"):
+    train(bad, tokenizer=tok)
+  assert not os.path.exists(tmp_path / "math" / "checkpoints")
