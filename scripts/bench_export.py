@@ -6,7 +6,8 @@
 Trains a tiny generator and PRM from tests/fixtures/hf/qwen2_bpe (a few steps, so the weights are no
 longer the fixture's), exports both, computes prm_jax's logits on ProcessBench sample items, then in
 a second process (`--torch-python`, default this interpreter) loads each export with
-`AutoModelForCausalLM` / `AutoModelForTokenClassification` and prints the largest |logit difference|.
+`AutoModelForCausalLM` / `AutoModelForTokenClassification` and prints the largest |logit difference|,
+then runs README "Export"'s transformers recipe for a PRM against the run's own per-step P(ok).
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ def make(workdir: str) -> None:
       ids = run.tokenizer.encode(s.problem + "\n" + "\n".join(s.steps) + "\n")
       rows.append({"ids": ids, "logits": np.asarray(run.model(np.asarray([ids])))[0].tolist()})
     out[task] = rows
+    if task == "prm":  # the run's own per-step P(ok), for the README's transformers recipe
+      from prm_jax.scoring import Scorer
+      c.score.update(dict(seq_len=1024, rows=4))
+      out["prm_steps"] = [{"problem": s.problem, "steps": s.steps, "p_ok": r.scores["prm_steps"]}
+                          for s, r in zip(items, Scorer.from_run(c.workdir, c).score(items))]
   with open(os.path.join(workdir, "ours.json"), "w") as f:
     json.dump(out, f)
 
@@ -72,6 +78,25 @@ def compare(workdir: str) -> None:
       worst = max(worst, float(np.abs(logits - np.asarray(row["logits"])).max()))
     print(f"{task}: {type(model).__name__}, max |logit difference| vs prm_jax {worst:.2e} "
           f"over {len(ours[task])} ProcessBench items")
+  # README "Export": the recipe for an exported PRM in transformers, as printed there
+  out = os.path.join(workdir, "prm_hf")
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  model = transformers.AutoModelForTokenClassification.from_pretrained(
+      out, torch_dtype=torch.float32).eval()
+  side = json.load(open(f"{out}/prm_jax.json"))
+  sep = "\n\n" if side["format"].get("preset") == "double_newline" else "\n"
+  worst = 0.0
+  for row in ours["prm_steps"]:
+    ids, ends = tok(row["problem"] + sep)["input_ids"], []
+    for step in row["steps"]:
+      ids += tok(step + sep, add_special_tokens=False)["input_ids"]
+      ends.append(len(ids) - 1)
+    with torch.no_grad():
+      probs = model(torch.tensor([ids])).logits[0, ends].softmax(-1)
+    p_ok = 1 - probs[:, 0] if side["neutral_is_positive"] else probs[:, 2]
+    worst = max(worst, float(np.abs(p_ok.numpy() - np.asarray(row["p_ok"])).max()))
+  print(f"README recipe: max |P(ok) difference| vs prm_jax's Scorer {worst:.2e} over "
+        f"{sum(len(r['p_ok']) for r in ours['prm_steps'])} steps")
 
 
 def main() -> None:
