@@ -1,5 +1,6 @@
 """Two generations of active learning, end to end on the tiny config, against the uniform control."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -61,7 +62,7 @@ def test_two_generations_with_the_uniform_control(run):
 
 
 def test_active_generation_picks_convincing_wrong_answers_from_the_shared_pool(run):
-  _, _, out = run
+  al, _, out = run
   pool = list(read_solutions(str(out / "pools" / "gen1.jsonl")))
   active = list(read_solutions(str(out / "active" / "gen1" / "selected.jsonl")))
   uniform = list(read_solutions(str(out / "uniform" / "gen1" / "selected.jsonl")))
@@ -72,21 +73,41 @@ def test_active_generation_picks_convincing_wrong_answers_from_the_shared_pool(r
     keys = [(s.problem_id, tuple(s.steps)) for s in picked]
     assert set(keys) <= pool_keys and not set(keys) & gen0 and len(set(keys)) == len(keys)
   assert all(s.scores and "prm" in s.scores for s in active)  # ranked by generation 0's PRM
+  # the fresh pool as generation 0's PRM scores it (what the selection ranked)
+  from prm_jax.scoring import Scorer
+  fresh_all = [dataclasses.replace(s, scores=None, step_labels=None) for s in pool
+               if (s.problem_id, tuple(s.steps)) not in gen0]
+  scored = {(s.problem_id, tuple(s.steps)): s.scores["prm"]
+            for s in Scorer.from_run(str(out / "gen0" / "prm"), al.config).score(fresh_all)}
   quota, available = round(0.8 * 16), 0  # the wrong-answer share is of the whole budget
   for pid in {s.problem_id for s in pool}:
     fresh = {tuple(s.steps): s for s in pool if s.problem_id == pid and (pid, tuple(s.steps)) not in gen0}
-    wrong = sum(s.is_correct is False and s.answer is not None for s in fresh.values())
-    available += min(k, wrong)
+    wrong = {steps for steps, s in fresh.items() if s.is_correct is False and s.answer is not None}
+    available += min(k, len(wrong))
     mine = [s for s in active if s.problem_id == pid]
     assert len(mine) == min(k, len(fresh))
-    scored_wrong = sorted((s.scores["prm"] for s in mine if s.is_correct is False), reverse=True)
-    assert scored_wrong == sorted(scored_wrong, reverse=True)
+    for s in mine:  # the scores it kept are generation 0's PRM's
+      assert s.scores["prm"] == pytest.approx(scored[pid, tuple(s.steps)], abs=1e-5)
+    picked = {tuple(s.steps) for s in mine}
+    # the most convincing wrong answers first: none left out scores above one taken
+    taken = [scored[pid, t] for t in wrong & picked]
+    left = [scored[pid, t] for t in wrong - picked]
+    if taken and left:
+      assert min(taken) >= max(left) - 1e-5, (taken, left)
   assert sum(s.is_correct is False for s in active) >= min(quota, available)
+  # the control: the seeded uniform draw from the same fresh pool, labelled by the oracle
+  from prm_jax.labellers import OracleLabeller
+  want = select_uniform(fresh_all, k, seed=al.config.seed + 7919)[:16]
+  assert [(s.problem_id, s.steps) for s in uniform] == [(s.problem_id, s.steps) for s in want]
+  labelled = list(read_solutions(str(out / "uniform" / "gen1" / "labelled.jsonl")))
+  assert [s.step_labels for s in labelled] == [s.step_labels for s in OracleLabeller().label(want)]
 
 
 def test_resume_redoes_only_the_unfinished_generation(run, synthetic_generator):
   al, summary, out = run
   kept = os.path.getmtime(out / "active" / "gen1" / "eval.json")
+  kept_files = {name: (out / "uniform" / "gen1" / name).read_bytes()
+                for name in ("selected.jsonl", "labelled.jsonl")}
   # a run killed during uniform generation 1's training: no eval.json, no final params
   os.remove(out / "uniform" / "gen1" / "eval.json")
   subprocess.run(["rm", "-rf", str(out / "uniform" / "gen1" / "prm")], check=True)
@@ -97,7 +118,11 @@ def test_resume_redoes_only_the_unfinished_generation(run, synthetic_generator):
   same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN == NaN
   assert same(again["strategies"]["active"], summary["strategies"]["active"])
   u0, u1 = summary["strategies"]["uniform"][1], again["strategies"]["uniform"][1]
-  assert u1["labelled_total"] == u0["labelled_total"]  # same selection and labels, retrained
+  for key in ("labelled_new", "labelled_total", "wrong_answer_fraction"):
+    assert u1[key] == u0[key], key
+  # same selection and labels, retrained: the files the killed run wrote are read, not redone
+  for name in ("selected.jsonl", "labelled.jsonl"):
+    assert (out / "uniform" / "gen1" / name).read_bytes() == kept_files[name], name
 
   # the command line: everything is finished, so it only reads and reports
   probs, evals = out / "problems.jsonl", out / "eval_problems.jsonl"
@@ -169,3 +194,33 @@ def test_wrong_answer_quota_moves_to_problems_that_have_wrong_answers():
   got = select_convincing_wrong_answers(pool, 2, frac_wrong=0.5)
   assert sum(s.is_correct is False for s in got) == 4  # p2 and p3 take the quota p0, p1 cannot
   assert all(len([s for s in got if s.problem_id == f"p{p}"]) == 2 for p in range(4))
+
+
+def test_the_file_labeller_pauses_the_command_with_exit_3(synthetic_generator, tmp_path):
+  """`active.labeller=file`: the selected solutions are exported for humans and the command stops
+  with exit status 3 (not an error) and one line saying where to put the rated file."""
+  generator, _, train_problems = synthetic_generator
+  probs, evals = tmp_path / "problems.jsonl", tmp_path / "eval.jsonl"
+  write_jsonl(str(probs), train_problems[:2])
+  write_jsonl(str(evals), train_problems[2:4])
+  out = tmp_path / "al"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  p = subprocess.run(
+      [PRM_JAX, "active-learn", f"--checkpoint={generator}", f"--input={probs}",
+       f"--eval-input={evals}", f"--output={out}", "--config.active.labeller=file",
+       "--config.active.problems_per_generation=2", "--config.active.samples_per_problem=4",
+       "--config.active.budget=4", "--config.active.eval_n=1,2", "--config.active.eval_samples=2",
+       "--config.sample.max_new_tokens=48", "--config.sample.batch_size=8"],
+      capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+  gen0 = out / "gen0"
+  assert p.returncode == 3, p.stderr[-3000:]
+  selected = list(read_solutions(str(gen0 / "selected.jsonl")))
+  assert 2 <= len(selected) <= 4  # up to 2 distinct samples of each of the 2 problems
+  assert p.stderr.strip().splitlines()[-1] == (
+      f"prm-jax active-learn: paused: {len(selected)} solutions exported to "
+      f"{gen0 / 'to_label.jsonl'} for labelling; save the rated file as "
+      f"{gen0 / 'labelled_by_humans.jsonl'} and run again")
+  from prm_jax.data.prm800k import parse_prm800k_row
+  rows = [json.loads(l) for l in (gen0 / "to_label.jsonl").read_text().splitlines()]
+  assert [parse_prm800k_row(r, grade=False).steps for r in rows] == [s.steps for s in selected]
+  assert not (gen0 / "labelled.jsonl").exists() and not (gen0 / "prm").exists()

@@ -198,3 +198,43 @@ def test_training_references_carry_misconceptions_at_their_rate_and_the_oracle_f
     synthetic.training_solution(probs[0], rng, {"borrow": 0.5})
   with pytest.raises(ValueError, match="must be in"):
     synthetic.training_solution(probs[0], rng, {"forgotten_carry": 1.5})
+
+
+def test_file_labeller_refuses_a_labelled_file_that_does_not_match_the_export(tmp_path):
+  sols = [synthetic.imperfect_solution(p, np.random.default_rng(6)) for p in
+          synthetic.make_problems(3, 6)]
+  lab = FileLabeller(str(tmp_path / "export.jsonl"), str(tmp_path / "labelled.jsonl"))
+  with pytest.raises(LabelsPending):
+    lab.label(sols)
+  rows = (tmp_path / "export.jsonl").read_text().splitlines()
+  (tmp_path / "labelled.jsonl").write_text("\n".join(rows[:2]) + "\n")  # a row lost
+  with pytest.raises(ValueError, match=r"labelled\.jsonl: 2 labelled rows for 3 exported"):
+    lab.label(sols)
+  (tmp_path / "labelled.jsonl").write_text("\n".join([rows[0], rows[2], rows[1]]) + "\n")
+  with pytest.raises(ValueError, match=r"labelled\.jsonl:2: row does not match exported solution"):
+    lab.label(sols)  # reordered rows would put one problem's labels on another's steps
+  (tmp_path / "labelled.jsonl").write_text("\n".join(rows) + "\n")
+  assert [s.step_labels for s in lab.label(sols)] == [[None] * len(s.steps) for s in sols]
+
+
+def test_make_labeller_specs(tmp_path, prm, synthetic_generator):
+  from prm_jax.labellers import make_labeller
+  assert isinstance(make_labeller("oracle", str(tmp_path)), OracleLabeller)
+  f = make_labeller("file", str(tmp_path))
+  assert isinstance(f, FileLabeller)
+  assert (f.export_path, f.labelled_path) == (str(tmp_path / "to_label.jsonl"),
+                                              str(tmp_path / "labelled_by_humans.jsonl"))
+  with pytest.raises(ValueError, match="the rollout labeller needs the generator's sampler"):
+    make_labeller("rollout", str(tmp_path))
+  c = base.get_config()
+  c.score.update(dict(seq_len=128, rows=8))
+  sampler = Sampler.from_run(synthetic_generator[0], c)
+  r = make_labeller("rollout", str(tmp_path), sampler=lambda: sampler, rollouts=3, seed=9)
+  assert isinstance(r, RolloutLabeller) and (r.sampler, r.m, r.seed) == (sampler, 3, 9)
+  m = make_labeller(f"model:{prm}", str(tmp_path), config=c)
+  assert isinstance(m, ModelLabeller) and (m.low, m.high) == (0.3, 0.7)
+  assert isinstance(m.scorer, Scorer) and (m.scorer.kind, m.scorer.seq_len) == ("prm", 128)
+  with pytest.raises(ValueError, match="holds a 'sft' model; scoring needs 'orm' or 'prm'"):
+    make_labeller(f"model:{synthetic_generator[0]}", str(tmp_path), config=c)
+  with pytest.raises(ValueError, match="unknown labeller 'model': expected oracle"):
+    make_labeller("model", str(tmp_path))
