@@ -1,7 +1,7 @@
 """Base config: model size, mesh, the logical-axis rules, and every command's settings.
 
 Usage: `--config=configs/base.py:small --config.mesh.fsdp=4 --config.train.steps=1000`.
-Sections: model, mesh, rules, tokenizer, format, train, sample, score, eval, data, active (each command's
+Sections: model, mesh, rules, tokenizer, format, train, sample, score, search, eval, data, active (each command's
 `--help` lists the ones it reads).
 """
 
@@ -88,6 +88,24 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
       # process-eval: a fixed P(ok) threshold for the earliest error (ProcessBench's PRM
       # evaluation uses 0.5) instead of one chosen on the dev split
       threshold=ml_collections.config_dict.placeholder(float)))
+  # PRM-guided search (prm_jax/search.py): prm-jax search / search-eval. Sampling settings
+  # (temperature, top_k, top_p, buckets, grading_mode, stop_at_answer) come from `sample`.
+  c.search = ml_collections.ConfigDict(dict(
+      method="beam",               # beam | dvts | best_of_n
+      n=16,                        # rows per problem: candidates per round (best_of_n: samples)
+      beam_width=4,                # beam: keep n / beam_width, each expanded beam_width times;
+                                   # dvts: n / beam_width subtrees of beam_width candidates
+      lookahead=0,                 # greedy steps rolled ahead (and undone) before ranking
+      max_steps=40,                # rounds (steps per solution)
+      max_step_tokens=64,          # a longer step ends its candidate (finish_reason length)
+      max_new_tokens=512,          # generator cache slots per row for the steps
+      aggregate="last",            # last | min | prod: a prefix's rank from its step scores
+      pick="weighted_vote",        # best | weighted_vote: the final pick among finished ones
+      batch_size=64,               # rows per batch (problems x n, rounded to the mesh)
+      reuse_cache=True,            # False: re-prefill every prefix each round (the benchmark)
+      eval_n="4,16,64",            # search-eval: the budgets N
+      eval_methods="best_of_n,beam,dvts",  # search-eval: the searches run at each N
+      eval_problems=0))            # search-eval: the first this many problems (0: all)
   c.data = ml_collections.ConfigDict(dict(
       format="auto",  # auto | prm800k | scored-samples | solution | math | processbench | prmbench
       skip_invalid=False,          # skip malformed input lines (counted) instead of stopping

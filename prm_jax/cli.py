@@ -271,6 +271,65 @@ def _train_tokenizer(config, args) -> None:
                            config.tokenizer.model_type, config.data.format)
 
 
+def _search_settings(config) -> None:
+  """`config.search` validated where it is parsed (one line naming the field)."""
+  from prm_jax.search import SearchConfig
+  for field in ("search.n", "search.beam_width", "search.max_steps", "search.max_step_tokens",
+                "search.max_new_tokens", "search.batch_size"):
+    _at_least(config, field, 1)
+  _at_least(config, "search.lookahead", 0)
+  SearchConfig.from_config(config.search)
+
+
+@command("search", "PRM-guided search: step-level beam search, DVTS or best-of-N, one picked "
+         "solution per problem with its search trace",
+         flags=(_checkpoint("the generator"),
+                Flag("prm", "the PRM that scores each step: a prm_jax run directory or hf:PATH"),
+                Flag("input", "problems: Problem or MATH JSONL"),
+                Flag("output", "Solution JSONL, meta.search holds the trace (an incomplete one "
+                               "is resumed)")),
+         sections=("search", "sample", "score.neutral_is_positive", "seed", "mesh",
+                   "data.skip_invalid"))
+def _search(config, args) -> None:
+  from prm_jax import distributed
+  from prm_jax.records import read_problems
+  from prm_jax.search import Searcher, search_to_file
+  _search_settings(config)
+  problems = list(read_problems(args.input, config.data.skip_invalid))
+  with distributed.OutputClaim(args.output) as claim:  # first: a second writer fails now
+    searcher = Searcher.from_run(args.checkpoint, args.prm, config)
+    s = searcher.sc
+    distributed.log(f"{s.method} search, n={s.n}, beam_width={s.beam_width}, lookahead="
+                    f"{s.lookahead}, for {len(problems)} problems on "
+                    f"{distributed.describe_mesh(searcher.sampler.mesh)}")
+    r = search_to_file(searcher, problems, args.output, config.seed, claim)
+    r = _summarise("search", args, dict(r, prm=args.prm))
+  distributed.log(f"searched {r['written']} problems ({r['resumed_from']} already in "
+                  f"{args.output})")
+
+
+@command("search-eval", "accuracy vs generated tokens of best-of-N, weighted best-of-N, beam "
+         "search and DVTS at equal budgets (table + plot)",
+         flags=(_checkpoint("the generator"),
+                Flag("prm", "the PRM: a prm_jax run directory or hf:PATH"),
+                Flag("input", "problems with answers: Problem or MATH JSONL"),
+                Flag("output", "folder for each search's JSONL, search_eval.json, .md, .png")),
+         sections=("search", "sample", "score.neutral_is_positive", "seed", "mesh",
+                   "data.skip_invalid"))
+def _search_eval(config, args) -> None:
+  from prm_jax import distributed
+  from prm_jax.records import read_problems
+  from prm_jax.search_eval import markdown_table, run_search_eval
+  _search_settings(config)
+  ns = _int_list(config, "search.eval_n")
+  _at_least(config, "search.eval_problems", 0)
+  methods = [m for m in str(config.search.eval_methods).replace(" ", "").split(",") if m]
+  problems = list(read_problems(args.input, config.data.skip_invalid))
+  r = run_search_eval(args.checkpoint, args.prm, problems, args.output, config, ns, methods)
+  distributed.log(markdown_table(r))
+  distributed.log(f"wrote {args.output}/search_eval.json, .md, .png")
+
+
 # ----------------------------------------------------------------------------- validation
 
 def _field(config, path: str):

@@ -69,6 +69,15 @@ class SamplingConfig:
   vocab_limit: int = 0              # ids >= this (the model's padded vocab rows) are never drawn
 
 
+def next_token(logits: jax.Array, keys: jax.Array, sc: SamplingConfig) -> jax.Array:
+  """Each row's next token from its last logits: banned ids and padded vocab rows never drawn."""
+  for banned in sc.banned_ids:
+    logits = logits.at[:, banned].set(NEG_INF)
+  if sc.vocab_limit:
+    logits = jnp.where(jnp.arange(logits.shape[-1]) < sc.vocab_limit, logits, NEG_INF)
+  return choose(logits, keys, sc.temperature, sc.top_k, sc.top_p)
+
+
 def generate(model: CausalLM, cache: KVCache, prompts: jax.Array, positions: jax.Array,
              keys: jax.Array, stop_next: jax.Array, stop_accept: jax.Array, sc: SamplingConfig,
              rows: jax.Array | None = None) -> tuple[jax.Array, jax.Array, KVCache]:
@@ -116,13 +125,7 @@ def generate(model: CausalLM, cache: KVCache, prompts: jax.Array, positions: jax
 
   def body(state):
     i, cache, last_logits, tokens, done, states, lengths, pos = state
-    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
-    for banned in sc.banned_ids:
-      last_logits = last_logits.at[:, banned].set(NEG_INF)
-    if sc.vocab_limit:
-      last_logits = jnp.where(jnp.arange(last_logits.shape[-1]) < sc.vocab_limit, last_logits,
-                              NEG_INF)
-    tok = choose(last_logits, step_keys, sc.temperature, sc.top_k, sc.top_p)
+    tok = next_token(last_logits, jax.vmap(lambda k: jax.random.fold_in(k, i))(keys), sc)
     tok = jnp.where(done, sc.pad_id, tok)
     tokens = jax.lax.dynamic_update_slice(tokens, tok[:, None], (0, i))
     lengths = lengths + (~done).astype(jnp.int32)
