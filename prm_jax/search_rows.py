@@ -171,6 +171,19 @@ def _round(n: int, unit: int) -> int:
   return max(unit, -(-n // unit) * unit)
 
 
+def _unique_prompts(prompts: list[list[int]], processed: np.ndarray
+                    ) -> tuple[list[tuple[int, ...]], np.ndarray]:
+  """The distinct prompts (first appearance first) and each row's index among them: a shared
+  prompt is prefilled once and its rows copy its cache, so its tokens count once (in `processed`,
+  at the first row holding it)."""
+  index: dict[tuple[int, ...], int] = {}
+  rows = np.array([index.setdefault(tuple(x), len(index)) for x in prompts], np.int32)
+  for u in range(len(index)):
+    first = int(np.argmax(rows == u))
+    processed[first] += len(prompts[first])
+  return list(index), rows
+
+
 def _prompt_slots(n: int, buckets: Sequence[int]) -> int:
   """Cache slots for prompts of up to n tokens: a multiple of 64 within the largest bucket (every
   decode step attends over all slots, so a bucket's padding would cost every step)."""
@@ -256,10 +269,7 @@ class GeneratorRows:
     self.keys = self.p.rows(keys)
     if not self.sc.reuse_cache:
       return
-    index: dict[tuple[int, ...], int] = {}
-    rows = np.array([index.setdefault(tuple(x), len(index)) for x in prompts], np.int32)
-    for u in range(len(index)):
-      self.processed[int(np.argmax(rows == u))] += len(prompts[int(np.argmax(rows == u))])
+    index, rows = _unique_prompts(prompts, self.processed)
     length = _prompt_slots(max(map(len, prompts)), self.sampler.buckets)
     self.max_size, self.index = length + self.sc.max_new_tokens, length
     self.size = min(self.max_size, _round(length + 2 * self.sc.max_step_tokens, 128))
@@ -367,10 +377,7 @@ class PRMRows:
     self.seqs = [list(x) for x in prompts]       # each row's prefix in PRM tokens
     if not self.sc.reuse_cache:
       return
-    index: dict[tuple[int, ...], int] = {}
-    rows = np.array([index.setdefault(tuple(x), len(index)) for x in prompts], np.int32)
-    for u in range(len(index)):
-      self.processed[int(np.argmax(rows == u))] += len(prompts[int(np.argmax(rows == u))])
+    index, rows = _unique_prompts(prompts, self.processed)
     length = _prompt_slots(max(map(len, prompts)), self.buckets)
     self.max_size, self.index = length + 2 * self.sc.max_new_tokens + 64, length
     self.size = min(self.max_size, _round(length + 4 * self.sc.max_step_tokens, 128))
