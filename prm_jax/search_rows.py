@@ -102,8 +102,8 @@ def grow(cache: KVCache, size: int) -> KVCache:
 
 
 def _room(rows, need: int) -> bool:
-  """Whether `need` slots fit `rows`' cache, growing it (to a power of two, at most its largest
-  size) when they fit the largest. `rows` holds `cache_sh`, `size`, `max_size`, `p`, `cfg`."""
+  """Whether `need` slots fit `rows`' cache, growing it (to a multiple of 128, at most its
+  largest size) when they fit the largest. `rows` holds `cache_sh`, `size`, `max_size`, `p`, `cfg`."""
   if need > rows.max_size:
     return False
   if need > rows.size:
