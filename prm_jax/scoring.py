@@ -44,9 +44,8 @@ def aggregate_step_scores(step_probs: jax.Array, solution_ids: jax.Array, num_so
   counts when sorted, a scatter-min of positions when grouped) and reduce each run from gathered
   windows of `_WINDOW` steps: several times faster on CPU at scale (scripts/bench_scoring.py),
   equal to "any" up to float32 rounding (products multiply P(ok) instead of exponentiating a sum
-  of logs). A broken promise gives wrong scores, not an error. On one scorer batch (thousands of
-  step slots, mostly empty) the segment path is as fast and compiles quicker: `score_packed`
-  keeps "any".
+  of logs). A broken promise gives wrong scores, not an error. `pack_for_scoring` numbers a
+  batch's solutions in packing order, so the scorer's steps are "sorted".
   """
   if method not in METHODS + (LOG_PROD,):
     raise ValueError(f"aggregation method {method!r}; expected one of {METHODS + (LOG_PROD,)}")
@@ -158,13 +157,16 @@ PACKED_KEYS = ("tokens", "segment_ids", "positions", "solution_id", "step_end")
 
 
 def score_packed(model: RewardModel, batch: dict[str, jax.Array], max_steps: int,
-                 max_solutions: int, neutral_is_positive: bool = True) -> dict[str, jax.Array]:
+                 max_solutions: int, neutral_is_positive: bool = True,
+                 layout: str = "any") -> dict[str, jax.Array]:
   """Scores of every solution in a packed batch (pure function of the model; jit it).
 
   batch: tokens, segment_ids, positions, solution_id (int32[B,T], -1 padding) and, for a PRM,
   step_end (bool/int[B,T]). Returns per-solution `float[max_solutions]` aggregates (a PRM's `prod`,
   `min`, `last`; an ORM's `orm` = P(correct) at the solution's last token) and, for a PRM, the per-step
-  `step_probs` / `step_solution` (`int[max_steps]`, -1 on unused slots).
+  `step_probs` / `step_solution` (`int[max_steps]`, -1 on unused slots). `layout` is
+  `aggregate_step_scores`' promise about the step owners: a batch from `pack_for_scoring` keeps
+  "sorted" (the Scorer's), one with arbitrary solution ids needs "any".
   """
   hidden = model.hidden(batch["tokens"], batch["positions"], batch["segment_ids"])
   b, t, d = hidden.shape
@@ -182,7 +184,7 @@ def score_packed(model: RewardModel, batch: dict[str, jax.Array], max_steps: int
   step_solution = jnp.where(used, sol[jnp.clip(pos, 0)], -1)
   probs = model.ok_probability(model.head(flat[jnp.clip(pos, 0)]), neutral_is_positive)
   probs = jnp.where(used, probs, 0.0)
-  out = {m: aggregate_step_scores(probs, step_solution, max_solutions, m)
+  out = {m: aggregate_step_scores(probs, step_solution, max_solutions, m, layout)
          for m in METHODS + (LOG_PROD,)}
   out.update(step_probs=probs, step_solution=step_solution)
   return out
@@ -204,8 +206,9 @@ def pack_for_scoring(encoded: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: 
 
   Longest-first first-fit when `pack`, else one solution per row. A batch never holds more than
   `max_steps` step ends or `max_solutions` solutions (the scorer's static sizes): the next one
-  starts a new batch, so no step is ever dropped. Batch-local solution ids follow the input order
-  within the batch, so results map back through `solution_index`.
+  starts a new batch, so no step is ever dropped. Batch-local solution ids follow the packing
+  order (row by row, left to right), so every step's owner id is non-decreasing in row-major
+  order (`score_packed`'s "sorted" layout); results map back through `solution_index`.
   """
   order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0])) if pack else list(
       range(len(encoded)))
@@ -237,7 +240,7 @@ def pack_for_scoring(encoded: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: 
   for rows_ in batches:
     arrays = {k: np.zeros((rows, seq_len), np.int32) for k in PACKED_KEYS if k != "solution_id"}
     arrays["solution_id"] = np.full((rows, seq_len), -1, np.int32)
-    members = sorted(i for r in rows_ for i in r)
+    members = [i for r in rows_ for i in r]   # packing order: owner ids sorted row-major
     local = {i: k for k, i in enumerate(members)}
     steps = 0
     for r, items in enumerate(rows_):
@@ -301,7 +304,8 @@ class Scorer:
     self.cap = cap = max(1, self.rows * self.seq_len // 2)
     replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self._fn = sharding.jit_apply(
-        lambda m, b: score_packed(m, b, cap, cap, self.neutral_is_positive), graphdef, param_sh,
+        lambda m, b: score_packed(m, b, cap, cap, self.neutral_is_positive, "sorted"), graphdef,
+        param_sh,
         ({k: self._row for k in PACKED_KEYS},), replicated, self.mesh, rules)
 
   @classmethod

@@ -173,6 +173,29 @@ def test_packed_scores_equal_one_per_row_and_direct(prm):
       np.testing.assert_allclose(results[True][0]["last"][i], p_ok[-1], rtol=1e-4)
 
 
+
+def test_packing_numbers_owners_so_the_sorted_layout_holds(prm):
+  """The Scorer aggregates with layout="sorted" on pack_for_scoring's batches: every step's owner
+  is non-decreasing in row-major order (padding after), so the fast path gives the general one's
+  scores, packed or not, with solutions that have no steps among them."""
+  sols = random_solutions(np.random.default_rng(4), 40)
+  assert any(len(e) == 0 for _, e in sols) and any(len(e) > 2 for _, e in sols)
+  fast = jax.jit(lambda m, b: score_packed(m, b, 64, 16, layout="sorted"))
+  general = jax.jit(lambda m, b: score_packed(m, b, 64, 16))
+  for pack in (True, False):
+    batches = pack_for_scoring(sols, seq_len=64, rows=4, pack=pack, max_steps=64,
+                               max_solutions=16)
+    assert len(batches) > 1
+    for pb in batches:
+      owners = pb.arrays["solution_id"][pb.arrays["step_end"] > 0]  # row-major order
+      assert np.all(np.diff(owners) >= 0), owners
+      with_steps = [k for k, i in enumerate(pb.solution_index) if len(sols[i][1])]
+      assert sorted(set(owners.tolist())) == with_steps
+      batch = {k: jnp.asarray(v) for k, v in pb.arrays.items()}
+      got, want = fast(prm, batch), general(prm, batch)
+      for m in METHODS + (LOG_PROD,):
+        np.testing.assert_allclose(np.asarray(got[m]), np.asarray(want[m]), rtol=1e-6, atol=1e-7)
+
 def test_orm_scores_at_last_token(tiny_cfg):
   orm = RewardModel(tiny_cfg, "orm", rngs=nnx.Rngs(0))
   sols = random_solutions(np.random.default_rng(2), 5)
