@@ -10,13 +10,16 @@
    PRM exported to Hugging Face (`hf_export.export`) and run in `transformers` as a token
    classifier in padded batches, one solution per row, P(ok) read at the step ends (how TRL /
    ProcessBench scripts score), on the same token ids; solutions per second at each `--peer-sizes`,
-   for packed rows of each `--peer-seq-lens` (score.seq_len; 1024 is the config's default). The
-   peer runs in `--torch-python` (an interpreter with torch and transformers; default: this one;
+   for packed rows of each `--peer-seq-lens` (score.seq_len; 1024 is the config's default), on
+   each of `--peer-data`: synthetic PRM800K-shaped solutions (~100-300 tokens, so little padding)
+   and real ProcessBench sample solutions (tests/fixtures/processbench, ~150-1500 tokens, about
+   half of a padded batch is padding), the latter in rows of 1024 only. The peer runs in `--torch-python` (an interpreter with torch and transformers; default: this one;
    "" skips it) with the faster, on a warm-up batch, of torch's default thread count and one
    thread (on a busy machine torch's spinning threads can be ten times slower).
 
     python scripts/bench_scoring.py [--solutions 100000] [--size tiny|small] [--dtype bfloat16]
-        [--torch-python PYTHON] [--peer-sizes tiny,small] [--parts aggregation,scorer,peer]
+        [--torch-python PYTHON] [--peer-sizes tiny,small] [--peer-data synthetic,processbench]
+        [--parts aggregation,scorer,peer]
 """
 
 import argparse
@@ -195,18 +198,40 @@ def synthetic_solutions(n: int, seed: int = 0):
           for i in range(n)]
 
 
+def processbench_solutions(n: int, seed: int = 0):
+  """`n` solutions drawn (seeded, with repeats) from the ProcessBench sample items in
+  tests/fixtures/processbench: real problems and steps, so real lengths (gsm8k's short ones to
+  olympiadbench's long ones) and the padding a padded batch of them really carries."""
+  import glob
+  from prm_jax.data.benchmarks import read_processbench
+  items = [s for f in sorted(glob.glob(str(ROOT / "tests/fixtures/processbench/*.json")))
+           for s in read_processbench(f)]
+  rng = np.random.default_rng(seed)
+  return [dataclasses.replace(items[i], problem_id=f"{items[i].problem_id}#{k}")
+          for k, i in enumerate(rng.integers(0, len(items), size=n))]
+
+
 def bench_vs_transformers(size: str, n: int, torch_python: str, batch: int,
-                          seq_lens: list[int], seed: int = 0):
+                          seq_lens: list[int], data: str = "synthetic", seed: int = 0):
   """Scorer (packed rows of each of `seq_lens` tokens; the config's default first) vs
-  transformers' token-classification forward on the same ids, solutions per second."""
+  transformers' token-classification forward on the same ids, solutions per second. `data`:
+  "synthetic" (PRM800K-shaped, ~100-300 tokens) or "processbench" (real texts, ~150-1500
+  tokens: scored in rows of the first of `seq_lens` only, the config's default 1024, with the
+  model's context raised to it; solutions longer than a row are cut to their whole steps that fit,
+  the same cut on both sides)."""
   from prm_jax.configs import base
   from prm_jax.model.hf_export import export
   from prm_jax.scoring import Scorer
   from prm_jax.step_format import StepFormat
   from prm_jax.tokenizer import train_sentencepiece
-  cfg = ModelConfig.from_dict(dict(model_sizes.get(size).to_dict(), dtype="float32",
-                                   param_dtype="float32"))
-  sols = synthetic_solutions(n, seed)
+  sizes = dict(model_sizes.get(size).to_dict(), dtype="float32", param_dtype="float32")
+  if data == "processbench":
+    seq_lens = seq_lens[:1]
+    sizes["max_seq_len"] = max(sizes["max_seq_len"], seq_lens[0])
+    sols = processbench_solutions(n, seed)
+  else:
+    sols = synthetic_solutions(n, seed)
+  cfg = ModelConfig.from_dict(sizes)
   tok = train_sentencepiece([s.problem + "\n" + s.text for s in sols[:2000]],
                             vocab_size=min(cfg.vocab_size, 2000))
   model = RewardModel(cfg, "prm", rngs=nnx.Rngs(seed))
@@ -216,9 +241,12 @@ def bench_vs_transformers(size: str, n: int, torch_python: str, batch: int,
       tok, s.problem, s.steps, max_len=longest).truncated_steps]) for s in sols]
   encoded = [encode(tok, s.problem, s.steps) for s in sols]
   tokens = sum(len(e.tokens) for e in encoded)
+  width = sum(max(len(e.tokens) for e in encoded[i:i + batch]) * len(encoded[i:i + batch])
+              for i in range(0, n, batch))
   print(f"PRM scoring, {size} ({cfg.num_layers} layers, dim {cfg.dim}, vocab {cfg.vocab_size}, "
-        f"float32), {n} solutions, {tokens:,} tokens (mean {tokens / n:.0f}, longest "
-        f"{max(len(e.tokens) for e in encoded)}):")
+        f"float32), {n} {data} solutions, {tokens:,} tokens (mean {tokens / n:.0f}, longest "
+        f"{max(len(e.tokens) for e in encoded)}; padded batches of {batch}: {width:,} slots, "
+        f"{1 - tokens / width:.0%} padding):")
   ours = {}
   for seq_len in seq_lens:
     config = base.get_config()
@@ -265,6 +293,8 @@ def main():
   ap.add_argument("--peer-batch", type=int, default=16)
   ap.add_argument("--peer-seq-lens", default="1024,256",
                   help="the Scorer's packed row lengths (score.seq_len; 1024 is the default)")
+  ap.add_argument("--peer-data", default="synthetic,processbench",
+                  help="solutions for the peer comparison: synthetic and/or processbench (real)")
   ap.add_argument("--parts", default="aggregation,scorer,peer")
   args = ap.parse_args()
   parts = set(args.parts.split(","))
@@ -275,9 +305,10 @@ def main():
   if "scorer" in parts:
     bench_scorer(args.size, args.dtype, args.scorer_solutions, args.seq_len, args.rows)
   if "peer" in parts:
-    for size in args.peer_sizes.split(","):
-      bench_vs_transformers(size, args.peer_solutions, args.torch_python, args.peer_batch,
-                            [int(x) for x in args.peer_seq_lens.split(",")])
+    for data in args.peer_data.split(","):
+      for size in args.peer_sizes.split(","):
+        bench_vs_transformers(size, args.peer_solutions, args.torch_python, args.peer_batch,
+                              [int(x) for x in args.peer_seq_lens.split(",")], data)
 
 
 if __name__ == "__main__":
