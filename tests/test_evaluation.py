@@ -1,5 +1,6 @@
 """Best-of-N (closed form), step-level metrics on hand-made cases, and selection."""
 
+import dataclasses
 import json
 import math
 import os
@@ -316,3 +317,312 @@ def test_best_of_n_refuses_n_larger_than_the_pool():
     best_of_n(build_pools(sols), [8], trials=10, pool_size=6)
   with pytest.raises(ValueError, match="problem a has 5 samples > pool size 4"):
     best_of_n(build_pools(sols), [2], trials=10, pool_size=4)
+
+
+# ----------------------------------------------------------------------------- reports, in process
+
+def _png_size(path):
+  """(width, height) from a PNG's IHDR chunk."""
+  head = path.read_bytes()[:24]
+  assert head[:8] == b"\x89PNG\r\n\x1a\n"
+  return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_run_bon_eval_writes_bon_json_md_and_png(tmp_path):
+  """N = the pool draws every sample, so each method's pick is fixed: prm and orm pick a's and b's
+  top score, majority the most frequent answer, weighted the answer with the most PRM mass."""
+  rows = {"a": [("1", True, 0.9, 0.1), ("2", False, 0.2, 0.8), ("1", True, 0.1, 0.05)],
+          "b": [("1", True, 0.3, 0.6), ("3", False, 0.7, 0.1), ("1", True, 0.35, 0.2)]}
+  sols = [sol(pid, a, c, prm=p, orm=o) for pid, rs in rows.items() for a, c, p, o in rs]
+  out = tmp_path / "bon"
+  r = run_bon_eval(sols, [1, 3], 50, 0, str(out))
+  assert (r["n"], r["num_problems"], r["pool_size"], r["trials"]) == ([1, 3], 2, 3, 50)
+  assert "repeated_samples" not in r
+  # a: prm 0.9 right, orm 0.8 wrong; b: prm 0.7 wrong, orm 0.6 right; "1" wins both votes by
+  # count, and by PRM mass in a (1.0 vs 0.2) but not in b (0.65 vs 0.7)
+  want = {"prm": 0.5, "orm": 0.5, "majority": 1.0, "weighted": 0.5}
+  assert list(r["methods"]) == ["prm", "orm", "majority", "weighted"]
+  for m, v in want.items():
+    assert r["methods"][m]["mean"][1] == v and r["methods"][m]["std"][1] == 0.0, m
+  # right over wrong pairs within a problem: prm a 1/2, b 0/2; orm a 0/2, b 2/2
+  assert r["within_problem_auroc"] == {"prm": {"mean": 0.25, "problems": 2},
+                                       "orm": {"mean": 0.5, "problems": 2}}
+  assert json.loads((out / "bon.json").read_text()) == r
+  cell = lambda m: (f"{100 * r['methods'][m]['mean'][0]:.1f} ± "
+                    f"{100 * r['methods'][m]['std'][0]:.1f}")
+  assert (out / "bon.md").read_text() == (
+      "Best-of-N solve rate (%), mean ± std over 50 trials, 2 problems, pool size 3\n\n"
+      "| N | prm | orm | majority | weighted |\n|---|---|---|---|---|\n"
+      f"| 1 | {cell('prm')} | {cell('orm')} | {cell('majority')} | {cell('weighted')} |\n"
+      "| 3 | 50.0 ± 0.0 | 50.0 ± 0.0 | 100.0 ± 0.0 | 50.0 ± 0.0 |\n"
+      "\nprm: right vs wrong answers to the same problem, AUROC 0.250 (over 2 problems with both)\n"
+      "\norm: right vs wrong answers to the same problem, AUROC 0.500 (over 2 problems with both)\n")
+  assert _png_size(out / "bon.png") == (720, 504)  # 6 x 4.2 inches at 120 dpi
+  # N = 1 draws one sample of three: a third of a's draws and two thirds of b's are right for
+  # majority; the mean over 50 trials of two problems is near (2/3 + 2/3) / 2
+  assert 0.45 < r["methods"]["majority"]["mean"][0] < 0.85
+  assert r["methods"]["majority"]["std"][0] > 0
+  with pytest.raises(ValueError, match="no solutions to evaluate"):
+    run_bon_eval([], [1], 10, 0, str(tmp_path / "none"))
+
+
+def test_run_bon_eval_pads_to_pool_size_and_warns_of_repeated_samples(tmp_path):
+  from prm_jax.evaluation import describe_repeats, repeated_samples
+  meta = lambda i, **kw: dict({"sample_idx": i, "seed": 0}, **kw)
+  sols = [Solution("a", "q", ["s"], answer=str(i), ground_truth_answer="0", is_correct=i == 0,
+                   scores={"prm": 0.5 - 0.1 * i}, meta=meta(i)) for i in range(3)]
+  again = dataclasses.replace(sols[1], meta=meta(1))
+  out = tmp_path / "bon"
+  r = run_bon_eval(sols + [again], [4], 20, 0, str(out), pool_size=6)
+  assert r["pool_size"] == 6 and r["repeated_samples"] == 1
+  assert (out / "bon.md").read_text().endswith(f"\nWarning: {describe_repeats(1)}.\n")
+  assert describe_repeats(2) == ("2 rows repeat an earlier row's (problem_id, sample_idx, seed): the "
+                                 "input holds samples twice, and they are counted in the pools as drawn")
+  # the same index under another problem, seed or prefix is another sample; no index: not counted
+  others = [dataclasses.replace(sols[1], problem_id="b"), dataclasses.replace(sols[1], meta=meta(1, seed=1)),
+            dataclasses.replace(sols[1], meta=meta(1, prefix_steps=2)),
+            dataclasses.replace(sols[1], meta={}), dataclasses.replace(sols[1], meta={})]
+  assert repeated_samples(sols + others) == 0
+  assert repeated_samples(sols + [again, again]) == 2
+
+
+def test_best_of_n_defaults_and_seed_reproduce_the_draw():
+  pools, _ = _first_right_pools(6, 8, seed=0, prm=0.5)
+  r = best_of_n(pools, [1, 2])
+  assert r["trials"] == 400 and r == best_of_n(pools, [1, 2], trials=400, seed=0)
+  assert best_of_n(pools, [1, 2], seed=5) == best_of_n(pools, [1, 2], seed=5)
+  assert best_of_n(pools, [1, 2], seed=5) != r
+
+
+def test_best_of_n_std_over_trials_is_the_binomial_one():
+  """N = 1 picks one sample per trial: problem i is solved with p_i = k_i / pool, independently
+  per trial, so the std over trials of the mean over P problems is sqrt(sum p(1-p)) / P."""
+  rng = np.random.default_rng(2)
+  pools, ps = [], []
+  for i in range(30):
+    k = int(rng.integers(1, 8))
+    correct = np.arange(8) < k
+    ps.append(k / 8)
+    pools.append(ProblemPool(f"p{i}", correct, np.ones(8, bool), np.arange(8),
+                             {"prm": rng.random(8), "orm": rng.random(8)}))
+  r = best_of_n(pools, [1], trials=3000, seed=0)
+  want = math.sqrt(sum(p * (1 - p) for p in ps)) / len(ps)
+  for m in ("prm", "orm", "majority", "weighted"):
+    assert r["methods"][m]["mean"][0] == pytest.approx(np.mean(ps), abs=0.01), m
+    assert r["methods"][m]["std"][0] == pytest.approx(want, rel=0.08), m
+
+
+def test_orm_ranks_by_its_own_scores():
+  """The ORM picks its top-scored sample, which here is the right one, while the PRM's is wrong."""
+  sols = [sol("a", "1", True, prm=0.1, orm=0.9), sol("a", "2", False, prm=0.8, orm=0.2),
+          sol("a", "3", False, prm=0.7, orm=0.3)]
+  r = best_of_n(build_pools(sols), [3], trials=5)
+  assert r["methods"]["orm"]["mean"] == [1.0] and r["methods"]["prm"]["mean"] == [0.0]
+  assert r["methods"]["weighted"]["mean"] == [0.0]
+
+
+def test_an_answerless_sample_marked_correct_never_counts():
+  """A scored file may mark a sample without an answer `is_correct`: it is dropped from the draw,
+  so it neither wins the PRM's pick nor a vote, whichever trial draws it."""
+  sols = [sol("a", None, True, prm=0.9, orm=0.9), sol("a", "2", False, prm=0.1, orm=0.1)]
+  r = best_of_n(build_pools(sols), [1, 2], trials=200)
+  for m in ("prm", "orm", "majority", "weighted"):
+    assert r["methods"][m]["mean"] == [0.0, 0.0], m
+
+
+def test_weighted_vote_ties_only_within_float_rounding():
+  """Weights 1e-6 apart (relative) are not a tie; nor are tiny weights a whole 1e-9 apart."""
+  for hi, lo in ((0.500001, 0.5), (2e-9, 1e-9)):
+    sols = [sol("a", "1", True, prm=hi), sol("a", "2", False, prm=lo)]
+    r = best_of_n(build_pools(sols), [2], trials=200)
+    assert r["methods"]["weighted"]["mean"] == [1.0], (hi, lo)
+    flip = [sol("a", "1", True, prm=lo), sol("a", "2", False, prm=hi)]
+    assert best_of_n(build_pools(flip), [2], trials=200)["methods"]["weighted"]["mean"] == [0.0]
+  same = [sol("a", "1", True, prm=0.1 + 0.2), sol("a", "2", False, prm=0.3)]  # equal but rounding
+  assert best_of_n(build_pools(same), [2], trials=2000)["methods"]["weighted"]["mean"][0] == (
+      pytest.approx(0.5, abs=0.05))
+
+
+def test_build_pools_grades_rows_without_is_correct_in_the_given_mode():
+  """Rows whose `is_correct` is null are graded against their truth in the grading mode asked for
+  ("\\sqrt{4}" is 2 to math_verify, not to the PRM800K grader); the mode groups the answers for
+  voting too."""
+  mk = lambda a, t="2": Solution("a", "q", ["s"], answer=a, ground_truth_answer=t,
+                                 scores={"prm": 0.5, "orm": 0.5})
+  sols = [mk("2"), mk("3"), mk("\\sqrt{4}"), mk("2"), mk("3"), mk(None), mk("2", None)]
+  (p,) = build_pools(sols)
+  assert p.correct.tolist() == [True, False, False, True, False, False, False]
+  assert p.group.tolist() == [0, 1, 2, 0, 1, -1, 0]
+  (p,) = build_pools(sols, mode="math_verify")
+  assert p.correct.tolist() == [True, False, True, True, False, False, False]
+  assert p.group.tolist() == [0, 1, 0, 0, 1, -1, 0]
+  assert p.scores["prm"].dtype == np.float64 and set(p.scores) == {"prm", "orm"}
+  assert group_answers(["2", "\\sqrt{4}", "  ", "", None]).tolist() == [0, 1, -1, -1, -1]
+  assert group_answers(["2", "\\sqrt{4}"], mode="math_verify").tolist() == [0, 0]
+
+
+def test_group_answers_classes_by_first_appearance():
+  """Classes are numbered in order of first appearance, and an answer matches the class of any
+  equivalent earlier one (by normal form or by the symbolic check)."""
+  g = group_answers(["7", "x", "\\frac{1}{2}", "7.0", "0.5", "\\text{x}", "1/2", "8"])
+  assert g.dtype == np.int64
+  assert g.tolist() == [0, 1, 2, 0, 2, 1, 2, 3]
+
+
+def _same(a, b, tol=1e-9):
+  """Nested dicts / lists equal, floats to `tol`, NaN equal to NaN."""
+  if isinstance(a, dict):
+    return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k], tol) for k in a)
+  if isinstance(a, (list, tuple)):
+    return (isinstance(b, (list, tuple)) and len(a) == len(b)
+            and all(_same(x, y, tol) for x, y in zip(a, b)))
+  if isinstance(a, float) or isinstance(b, float):
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+  return a == b
+
+
+def _proc(pid, labels, probs, **meta):
+  return Solution(pid, "q", [f"s{i}" for i in range(len(labels))], step_labels=labels,
+                  scores={"prm_steps": probs}, meta=meta)
+
+
+def _step_auroc(probs, ok):
+  """Mann-Whitney by pairs: P(positive scores above negative), ties counted half."""
+  pos = [p for p, o in zip(probs, ok) if o]
+  neg = [p for p, o in zip(probs, ok) if not o]
+  return sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+
+
+def test_run_process_eval_writes_the_report_in_process(tmp_path):
+  """A fixed threshold 0.5 on hand-made ProcessBench subsets, two PRMBench rows and three rows it
+  must skip; every number below is worked out by hand."""
+  from prm_jax.evaluation import run_process_eval
+  rows = [_proc("g1", [1, -1], [0.95, 0.25], subset="gsm8k"),       # error at 1, found at 1
+          _proc("g2", [1, 0], [0.95, 0.85], subset="gsm8k"),        # no error, none found
+          _proc("m1", [1, -1, None], [0.35, 0.95, 0.15], subset="math"),  # error 1, found 0
+          _proc("m2", [None, 1], [0.65, 0.45], subset="math"),      # no error, "found" at 1
+          _proc("m3", [-1], [0.15], subset="math"),                 # error 0, found 0
+          _proc("c1", [1, -1, 1], [0.75, 0.65, 0.35], source="prmbench", classification="confidence"),
+          _proc("c2", [1, 1], [0.95, 0.15], source="prmbench", classification="correct"),
+          Solution("x1", "q", [], step_labels=[], scores={"prm_steps": []}),
+          Solution("x2", "q", ["s"], scores={"prm_steps": [0.5]}),
+          Solution("x3", "q", ["s"], step_labels=[1])]
+  out = tmp_path / "eval"
+  r = run_process_eval(rows, str(out), threshold=0.5, invalid_lines=2)
+  assert r["threshold"] == 0.5 and r["threshold_chosen_on"] == "fixed"
+  assert r["skipped"] == {"no_steps": 1, "no_step_labels": 1, "no_step_scores": 1, "invalid_lines": 2}
+  assert (r["num_rows"], r["num_dev"], r["num_test"]) == (10, 0, 7)
+  assert math.isnan(r["dev_f1"])
+  # every kept row is reported: erroneous g1 m3 right, m1 c1 wrong; correct g2 right, m2 c2 wrong
+  assert r["test"] == pytest.approx({"f1": 0.4, "acc_erroneous": 0.5, "acc_correct": 1 / 3,
+                                     "n_erroneous": 4, "n_correct": 3})
+  assert _same(r["processbench"], {
+      "gsm8k": {"f1": 1.0, "acc_erroneous": 1.0, "acc_correct": 1.0, "n_erroneous": 1, "n_correct": 1},
+      "math": {"f1": 0.0, "acc_erroneous": 0.5, "acc_correct": 0.0, "n_erroneous": 2, "n_correct": 1},
+      "average_f1": 0.5})
+  # PRMBench: c1 has TP 0.75, FP 0.65, FN 0.35; c2 (the "correct" class, not in overall) TP, FN
+  assert _same(r["prmbench"], {
+      "confidence": {"f1": 0.5, "negative_f1": 0.0, "prmscore": 0.25, "steps": 3},
+      "correct": {"f1": 2 / 3, "negative_f1": 0.0, "prmscore": 1 / 3, "steps": 2},
+      "overall": {"f1": 0.5, "negative_f1": 0.0, "prmscore": 0.25, "steps": 3}})
+  # the steps up to each first error, unlabelled ones left out, neutral counted ok
+  probs = [0.95, 0.25, 0.95, 0.85, 0.35, 0.95, 0.45, 0.15, 0.75, 0.65, 0.95, 0.15]
+  ok = [True, False, True, True, True, False, True, False, True, False, True, True]
+  assert r["num_steps"] == 12 and r["step_auroc"] == pytest.approx(_step_auroc(probs, ok))
+  assert r["step_auroc"] == pytest.approx(21 / 32) and "step_auroc_reason" not in r
+  # ECE over ten bins: bin 9 holds the four 0.95s (3 ok), bin 1 the two 0.15s (1 ok), the other
+  # six steps are alone in theirs: (4 x 0.2 + 2 x 0.35 + .15 + .65 + .55 + .25 + .25 + .65) / 12
+  assert r["calibration"]["ece"] == pytest.approx(1 / 3)
+  bins = {tuple(round(e, 6) for e in b["bin"]): (b["confidence"], b["accuracy"], b["count"])
+          for b in r["calibration"]["bins"]}
+  assert _same(bins, {(0.1, 0.2): (0.15, 0.5, 2), (0.2, 0.3): (0.25, 0.0, 1),
+                                (0.3, 0.4): (0.35, 1.0, 1), (0.4, 0.5): (0.45, 1.0, 1),
+                                (0.6, 0.7): (0.65, 0.0, 1), (0.7, 0.8): (0.75, 1.0, 1),
+                                (0.8, 0.9): (0.85, 1.0, 1), (0.9, 1.0): (0.95, 0.75, 4)})
+  assert _same(json.loads((out / "process.json").read_text()), r)
+  assert (out / "process.md").read_text() == (
+      "| metric | value |\n|---|---|\n"
+      "| earliest-error F1 (test, ProcessBench) | 40.0 |\n"
+      "| accuracy on erroneous / correct | 50.0 / 33.3 |\n"
+      "| threshold (fixed) | 0.50 |\n"
+      "| step AUROC | 0.656 |\n"
+      "| step ECE | 0.333 |\n"
+      "\nskipped 5 rows: 1 without steps, 1 without step labels, 1 without scores.prm_steps, "
+      "2 invalid lines.\n"
+      "\nProcessBench (earliest-error identification, threshold 0.50):\n\n"
+      "| | gsm8k | math | average |\n|---|---|---|---|\n"
+      "| erroneous acc | 100.0 | 50.0 |  |\n"
+      "| correct acc | 100.0 | 0.0 |  |\n"
+      "| F1 | 100.0 | 0.0 | 50.0 |\n"
+      "| items (erroneous / correct) | 1 / 1 | 2 / 1 | |\n"
+      "\nPRMBench (steps valid at P(ok) >= threshold):\n\n"
+      "| classification | PRMScore | F1 | negative F1 | steps |\n|---|---|---|---|---|\n"
+      "| confidence | 25.0 | 50.0 | 0.0 | 3 |\n"
+      "| correct | 33.3 | 66.7 | 0.0 | 2 |\n"
+      "| overall | 25.0 | 50.0 | 0.0 | 3 |\n")
+  assert _png_size(out / "calibration.png") == (540, 504)  # 4.5 x 4.2 inches at 120 dpi
+  # neutral as not ok: g2's 0.85 is then a negative step
+  strict = process_eval(rows[:7], threshold=0.5, neutral_is_positive=False)
+  assert strict["step_auroc"] == pytest.approx(_step_auroc(probs, ok[:3] + [False] + ok[4:]))
+
+
+def test_run_process_eval_says_why_numbers_are_undefined(tmp_path):
+  """Only correct solutions, every step ok, and a dev split holding all of them: the report names
+  each undefined number's reason instead of printing a bare nan."""
+  from prm_jax.evaluation import run_process_eval
+  rows = [_proc(f"p{i}", [1, 1], [0.9, 0.8], subset="gsm8k") for i in range(6)]
+  out = tmp_path / "eval"
+  r = run_process_eval(rows, str(out), dev_fraction=0.999)
+  assert r["threshold_chosen_on"] == "dev" and r["threshold"] == 0.5  # F1 undefined everywhere
+  assert (r["num_dev"], r["num_test"]) == (6, 0) and math.isnan(r["dev_f1"])
+  assert r["test"]["reason"] == ("the test split is empty (dev_fraction=0.999, 6 solutions): "
+                                 "no held-out F1")
+  assert r["processbench"]["reason"] == "no solution in the reported split"
+  assert math.isnan(r["processbench"]["average_f1"]) and "prmbench" not in r
+  assert r["step_auroc_reason"] == "no negative steps" and r["num_steps"] == 12
+  assert r["skipped"] == {"no_steps": 0, "no_step_labels": 0, "no_step_scores": 0}
+  md = (out / "process.md").read_text()
+  assert md == ("| metric | value |\n|---|---|\n"
+                "| earliest-error F1 (test, ProcessBench) | nan |\n"
+                "| accuracy on erroneous / correct | nan / nan |\n"
+                "| threshold (chosen on dev, F1 nan) | 0.50 |\n"
+                "| step AUROC | nan (no negative steps) |\n"
+                f"| step ECE | {r['calibration']['ece']:.3f} |\n"
+                f"\nTest F1 is undefined: {r['test']['reason']}.\n")
+  assert r["calibration"]["ece"] == pytest.approx((6 * 0.1 + 6 * 0.2) / 12)
+  # an empty dev split: the threshold is fit on test, which is then not reported
+  sols = [sol(f"p{i}", "1", True, steps=["a", "b", "c"], labels=[1, 1, -1] if i % 2 else [1, 1, 1],
+              prm_steps=[0.9, 0.85, 0.2] if i % 2 else [0.9, 0.95, 0.8]) for i in range(20)]
+  r = process_eval(sols, dev_fraction=0.0)
+  assert r["threshold"] == pytest.approx(0.21) and r["num_dev"] == 0 and math.isnan(r["dev_f1"])
+  assert r["test"]["reason"].startswith("the dev split is empty (dev_fraction=0.0, 20 solutions)")
+  # a split dev set: the best dev F1 is reported beside the threshold chosen on it
+  import zlib
+  r = process_eval(sols, dev_fraction=0.5)
+  dev = sum(zlib.crc32(f"p{i}".encode()) % 10_000 < 5_000 for i in range(20))
+  assert (r["num_dev"], r["num_test"]) == (dev, 20 - dev) and 0 < dev < 20
+  assert r["dev_f1"] == 1.0 and r["test"]["f1"] == 1.0
+  with pytest.raises(ValueError, match=r"threshold=1.5 must be in \[0, 1\]"):
+    process_eval(sols, threshold=1.5)
+  with pytest.raises(ValueError, match=r"threshold=-0.1 must be in \[0, 1\]"):
+    process_eval(sols, threshold=-0.1)
+  for t in (0.0, 1.0):  # the ends are allowed: nothing / everything below threshold
+    assert process_eval(sols, threshold=t)["threshold"] == t
+
+
+def test_process_eval_skips_count_each_row_once():
+  rows = [_proc("a", [1, -1], [0.9, 0.1])] * 2 + [
+      Solution("b", "q", [], step_labels=[], scores={"prm_steps": []}),
+      Solution("c", "q", ["s"], scores={"prm_steps": [0.5]}),
+      Solution("d", "q", ["s"], step_labels=[1]), Solution("e", "q", ["s"], step_labels=[1]),
+      Solution("f", "q", ["s"], step_labels=[1], scores={"prm": 0.5})]
+  r = process_eval(rows, threshold=0.5)
+  assert r["skipped"] == {"no_steps": 1, "no_step_labels": 1, "no_step_scores": 3}
+  assert r["num_rows"] == 7
+  with pytest.raises(ValueError) as e:
+    process_eval(rows[2:])
+  assert str(e.value) == ("no solutions with both step_labels and scores.prm_steps (skipped 5 rows: "
+                          "1 without steps, 1 without step labels, 3 without scores.prm_steps)")
+  with pytest.raises(ValueError) as e:
+    process_eval([])
+  assert str(e.value) == "no solutions with both step_labels and scores.prm_steps"

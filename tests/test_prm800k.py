@@ -170,3 +170,171 @@ def test_the_walk_stops_at_the_first_negative_even_when_steps_follow(generation)
                                     {"step_index": 1, "text": "2+3=5", "rating": 1}]
   assert s.answer == ("5" if generation else None)  # phase 2: the pre-generated answer...
   assert s.is_correct is None                       # ...which the kept steps never reach
+
+
+def _row(steps, generation=3, finish="found_error", **question):
+  return {"labeler": "lab-1", "timestamp": "2022-11-22T16:51:29", "generation": generation,
+          "is_quality_control_question": False, "is_initial_screening_question": False,
+          "question": dict({"problem": "What is 2+3?", "ground_truth_answer": 5,
+                            "pre_generated_answer": "5", "pre_generated_steps": ["a", "b", "c"],
+                            "pre_generated_verifier_score": 0.25}, **question),
+          "label": {"finish_reason": finish, "total_time": 1234, "steps": steps}}
+
+
+def test_a_row_keeps_its_provenance_in_meta():
+  import hashlib
+  s = parse_prm800k_row(_row([_step(("2+3=5", 1), ("2+3 is 5", 0), chosen=0)], finish="solution"))
+  assert s.problem_id == "prm800k/" + hashlib.sha1(b"What is 2+3?").hexdigest()[:12]
+  assert s.problem == "What is 2+3?" and s.ground_truth_answer == "5"  # a number: as a string
+  assert s.steps == ["2+3=5"] and s.step_labels == [1] and s.finish_reason == "solution"
+  assert s.answer == "5" and s.is_correct is True  # the pre-generated answer, walk not cut
+  assert s.meta == {"source": "prm800k", "phase": 2, "labeler": "lab-1",
+                    "timestamp": "2022-11-22T16:51:29", "generation": 3, "total_time": 1234,
+                    "alternatives": [{"step_index": 0, "text": "2+3 is 5", "rating": 0}],
+                    "human_steps": [], "answer_source": "pre_generated",
+                    "is_quality_control_question": False, "is_initial_screening_question": False,
+                    "pre_generated_num_steps": 3, "pre_generated_verifier_score": 0.25}
+  assert parse_prm800k_row(_row([_step(("2+3=5", 1))], finish="solution"), grade=False).is_correct is None
+  p1 = parse_prm800k_row(_row([_step(("2+3=5", 1))], generation=None, finish="solution"))
+  assert p1.meta["phase"] == 1 and "pre_generated_num_steps" not in p1.meta
+  assert "pre_generated_verifier_score" not in p1.meta
+  assert p1.answer is None and p1.is_correct is None  # phase 1 has no pre-generated answer
+  no_truth = parse_prm800k_row(_row([_step(("2+3=5", 1))], finish="solution",
+                                    ground_truth_answer=None))
+  assert no_truth.ground_truth_answer is None and no_truth.is_correct is None
+
+
+@pytest.mark.parametrize("labels,finish,want", [
+    ([1, 1, 1], "solution", True),      # the walk reaches the pre-generated answer
+    ([1, 1, -1], "solution", None),     # cut at its -1, whatever the finish reason says
+    ([1, -1], "found_error", None),
+    ([1], "give_up", None),             # not finished: the answer is not this walk's
+])
+def test_only_a_walk_that_reaches_the_pre_generated_answer_is_graded(labels, finish, want):
+  steps = [_step((f"step {i}", r)) for i, r in enumerate(labels)]
+  s = parse_prm800k_row(_row(steps, finish=finish))
+  assert s.step_labels == labels and s.answer == "5" and s.is_correct is want
+
+
+def test_phase2_follows_completion_0_when_none_is_chosen():
+  s = parse_prm800k_row(_row([_step(("pre", 1), ("other", -1), chosen=None),
+                              _step(("next", 0), chosen=None)], finish="solution"))
+  assert s.steps == ["pre", "next"] and s.step_labels == [1, 0]
+  assert s.meta["alternatives"] == [{"step_index": 0, "text": "other", "rating": -1}]
+  p1 = parse_prm800k_row(_row([_step(("pre", 1), chosen=None)], generation=None, finish="give_up"))
+  assert p1.steps == [] and p1.meta["alternatives"] == [{"step_index": 0, "text": "pre", "rating": 1}]
+
+
+def test_human_completion_objects_carry_their_rating():
+  step = dict(_step(("x", -1), chosen=None), human_completion={"text": "mine", "rating": 1})
+  s = parse_prm800k_row(_row([step], generation=None, finish="solution"))
+  assert s.steps == ["mine"] and s.step_labels == [1] and s.meta["human_steps"] == [0]
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda r: r["label"]["steps"].append("x"), "label.steps[1]: missing 'completions' list"),
+    (lambda r: r["label"]["steps"][0].update(completions={}),
+     "label.steps[0]: missing 'completions' list"),
+    (lambda r: r["label"]["steps"][0]["completions"][1].pop("text"),
+     "label.steps[0].completions[1]: missing 'text'"),
+    (lambda r: r["label"]["steps"][0]["completions"].append("a string"),
+     "label.steps[0].completions[2]: missing 'text'"),
+    (lambda r: r["label"]["steps"][0]["completions"][1].update(rating=True),
+     "label.steps[0].completions[1]: rating True is not -1, 0, 1 or null"),
+    (lambda r: r["label"]["steps"][0].update(chosen_completion=2),
+     "label.steps[0]: chosen_completion 2 out of range for 2 completions"),
+    (lambda r: r["label"]["steps"][0].update(chosen_completion=-1), "chosen_completion -1 out of range"),
+    (lambda r: r["label"]["steps"][0].update(chosen_completion=True), "chosen_completion True out of"),
+    (lambda r: r["label"]["steps"][0].update(chosen_completion="0"), "chosen_completion '0' out of"),
+    (lambda r: r["label"]["steps"][0].update(chosen_completion=None, human_completion=3),
+     "label.steps[0]: human_completion must be null, a string or an object with text"),
+    (lambda r: r["label"]["steps"][0].update(chosen_completion=None, human_completion={"rating": 1}),
+     "human_completion must be null, a string or an object with text"),
+    (lambda r: r["label"]["steps"][0].update(chosen_completion=None,
+                                             human_completion={"text": "t", "rating": 5}),
+     "label.steps[0].human_completion: rating 5 is not"),
+    (lambda r: r["question"].pop("problem"), "missing 'question.problem'"),
+    (lambda r: r["label"].pop("steps"), "missing 'label.steps' list"),
+    (lambda r: r.update(label=[]), "missing or non-object 'label'"),
+])
+def test_each_malformed_field_is_named(edit, message):
+  row = _row([_step(("a", 1), ("b", 0))])
+  edit(row)
+  with pytest.raises(ValueError) as e:
+    parse_prm800k_row(row)
+  assert message in str(e.value), str(e.value)
+  with pytest.raises(ValueError, match="^expected a JSON object$"):
+    parse_prm800k_row([row])
+
+
+def test_dropped_rows_are_not_counted_as_records(tmp_path):
+  base = _row([_step(("a", 1))], finish="solution")
+  kept = [base, base]
+  dropped = [dict(base, is_quality_control_question=True),
+             dict(base, is_initial_screening_question=True),
+             dict(base, label=dict(base["label"], finish_reason="bad_problem"))]
+  path = tmp_path / "p.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in dropped + kept))
+  stats = ReadStats()
+  assert len(list(read_prm800k(str(path), stats=stats))) == 2
+  assert (stats.records, stats.dropped, stats.lines) == (2, 3, 5)
+  assert all(s.is_correct is None for s in read_prm800k(str(path), grade=False))
+  assert all(s.is_correct is True for s in read_prm800k(str(path)))
+
+
+def test_an_alternative_is_its_own_truncated_solution():
+  from prm_jax.data.prm800k import alternative
+  s = parse_prm800k_row(_row([_step(("a", 1)), _step(("b", 0), ("b2", -1))], finish="solution"))
+  alt = alternative(s, 0)
+  assert (alt.problem_id, alt.problem, alt.ground_truth_answer) == (s.problem_id, s.problem, "5")
+  assert alt.steps == ["a", "b2"] and alt.step_labels == [None, -1] and alt.finish_reason is None
+  assert alt.answer is None and alt.is_correct is None
+  assert alt.meta == {"source": "prm800k-alternative", "alternative_of": "2022-11-22T16:51:29",
+                      "alternative_index": 0, "phase": 2}
+
+
+def test_detect_format_and_parse_any_solution():
+  from prm_jax.data.prm800k import detect_format, parse_any_solution
+  assert detect_format({"label": {}, "question": {}}) == "prm800k"
+  for key in ("rating_probs", "prm_score", "orm_score"):
+    assert detect_format({key: None}) == "scored-samples", key
+  for row in ({"label": {}}, {"question": {}}, {"problem_id": "a"}, [1], "x"):
+    assert detect_format(row) == "solution", row
+  ours = {"problem_id": "a", "problem": "q", "steps": ["s"], "answer": "1"}
+  got = parse_any_solution(ours)
+  assert (got.problem_id, got.problem, got.steps, got.answer) == ("a", "q", ["s"], "1")
+  assert parse_any_solution(_row([_step(("a", 1))])).meta["source"] == "prm800k"
+
+
+def test_scored_sample_fields_and_errors():
+  from prm_jax.data.prm800k import parse_scored_sample, problem_id_for
+  row = {"problem": "Q?", "steps": ["a", "b"], "subject": "Algebra", "level": 3,
+         "ground_truth_answer": 7, "answer": 7, "is_correct": None, "prm_score": 0.5,
+         "rating_probs": [{"-1": 0.25, "0": 0.25, "1": 0.5}, {"-1": 0, "0": 0, "1": 1}]}
+  s = parse_scored_sample(row)
+  assert s.problem_id == problem_id_for("Q?") and len(problem_id_for("Q?")) == len("prm800k/") + 12
+  assert (s.problem, s.steps, s.answer, s.ground_truth_answer, s.is_correct) == (
+      "Q?", ["a", "b"], "7", "7", None)
+  assert s.scores == {"prm": 0.5, "prm_steps": [0.75, 1.0],
+                      "rating_probs": [[0.25, 0.25, 0.5], [0.0, 0.0, 1.0]]}
+  assert s.meta == {"source": "scored-samples", "subject": "Algebra", "level": 3}
+  bare = parse_scored_sample({"problem": "Q?", "steps": [], "unique_id": "u/1", "orm_score": 1})
+  assert bare.problem_id == "u/1" and bare.scores == {"orm": 1.0}
+  assert bare.ground_truth_answer is None and bare.answer is None and bare.meta["level"] is None
+  assert parse_scored_sample({"problem": "Q?", "steps": []}).scores is None
+  for bad, message in [
+      ([row], "expected a JSON object"),
+      (dict(row, steps="ab"), "'steps' must be a list of strings"),
+      (dict(row, steps=["a", 2]), "'steps' must be a list of strings"),
+      (dict(row, rating_probs=row["rating_probs"][:1]), "'rating_probs' must have one entry per step (2)"),
+      (dict(row, rating_probs={}), "'rating_probs' must have one entry per step (2)"),
+      (dict(row, rating_probs=[row["rating_probs"][0], [0, 0, 1]]),
+       "rating_probs[1] must map '-1', '0', '1' to probabilities"),
+      (dict(row, rating_probs=[row["rating_probs"][0], {"-1": 0, "0": "x", "1": 1}]),
+       "rating_probs[1] must map"),
+      ({k: v for k, v in row.items() if k != "problem"}, "missing 'problem'"),
+      (dict(row, is_correct="yes"), "'is_correct' must be true, false or null")]:
+    with pytest.raises(ValueError) as e:
+      parse_scored_sample(bad)
+    assert str(e.value) == message if not message.endswith("map") else str(e.value).startswith(
+        message), (str(e.value), message)

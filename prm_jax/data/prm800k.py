@@ -56,7 +56,7 @@ def parse_prm800k_row(row: dict[str, Any], grade: bool = True) -> Solution:
     comps = step["completions"]
     ratings = [_rating(c, f"{where}.completions[{k}]") for k, c in enumerate(comps)]
     for k, c in enumerate(comps):
-      if not isinstance(c.get("text"), str):
+      if not isinstance(c, dict) or not isinstance(c.get("text"), str):
         raise ValueError(f"{where}.completions[{k}]: missing 'text'")
     chosen, human = step.get("chosen_completion"), step.get("human_completion")
     followed = None
