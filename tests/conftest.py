@@ -7,13 +7,94 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
                              " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import contextlib  # noqa: E402
+import functools  # noqa: E402
+import hashlib  # noqa: E402
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
 
 import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 HF_FIXTURES = FIXTURES / "hf"
+
+# The shared tiny models are trained once and kept on disk between sessions, keyed by a hash of
+# everything that trains them: a stale hash retrains. PRM_JAX_TEST_CACHE moves the cache; CI starts
+# from a fresh clone, so from an empty cache.
+CACHE_SOURCES = ("prm_jax/**/*.py", "configs/*.py", "tests/conftest.py")
+
+
+def model_cache_key(root=ROOT) -> str:
+  """sha256 over the paths and contents of the files that train the cached test models."""
+  h = hashlib.sha256()
+  root = pathlib.Path(root)
+  files = sorted({f for pat in CACHE_SOURCES for f in root.glob(pat) if f.is_file()})
+  for f in files:
+    h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+  return h.hexdigest()[:16]
+
+
+@functools.cache
+def _session_key() -> str:
+  """The key of the code this session imported: computed once, so an edit mid-session neither
+  retrains nor removes what the session uses."""
+  return model_cache_key()
+
+
+def model_cache_dir() -> pathlib.Path:
+  default = ROOT / ".pytest_cache" / "prm_jax_models"  # git-ignored; `pytest --cache-clear` empties it
+  return pathlib.Path(os.environ.get("PRM_JAX_TEST_CACHE") or default)
+
+
+@contextlib.contextmanager
+def _locked(path: pathlib.Path):
+  import fcntl
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cached_build(name: str, build, extra=(), key: str | None = None) -> pathlib.Path:
+  """The directory `<cache>/<name>-<key>`, filled by `build(directory)` unless an earlier session
+  finished it. A file lock serialises concurrent pytest processes; the directory counts only once
+  its DONE file exists, so an interrupted build is thrown away and redone; other keys' models are
+removed once unused for a day. (Built in place rather
+  than in a temp dir and renamed: runs record their absolute paths, which a rename would break.)"""
+  if "MUTANT_UNDER_TEST" in os.environ:  # mutmut: a mutant must train its own models
+    import tempfile
+    out = pathlib.Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    build(out)
+    return out
+  if key is None:
+    h = hashlib.sha256(_session_key().encode())
+    for f in extra:  # e.g. the test module whose fixture trains the model
+      h.update(pathlib.Path(f).read_bytes())
+    key = h.hexdigest()[:16]
+  out = model_cache_dir() / f"{name}-{key}"
+  done = out / "DONE"
+  if done.exists():
+    os.utime(done)
+    return out
+  with _locked(model_cache_dir() / f".{name}.lock"):
+    if done.exists():
+      return out
+    shutil.rmtree(out, ignore_errors=True)  # a half-built one
+    for stale in model_cache_dir().glob(f"{name}-*"):
+      # other keys' models, once unused for a day (another checkout may share PRM_JAX_TEST_CACHE)
+      if not (stale / "DONE").exists() or time.time() - (stale / "DONE").stat().st_mtime > 86400:
+        shutil.rmtree(stale, ignore_errors=True)
+    out.mkdir(parents=True)
+    build(out)
+    tmp = out / "DONE.tmp"
+    tmp.write_text(key + "\n")
+    tmp.rename(done)
+  return out
 
 
 @pytest.fixture(scope="session")
@@ -65,18 +146,22 @@ def tiny_train_config(workdir, task: str, steps: int, **train):
 
 
 @pytest.fixture(scope="session")
-def synthetic_generator(tmp_path_factory):
+def synthetic_generator():
   """A generator SFT'd on reference solutions of level-1 synthetic problems (right often, not
   always), trained once per session: (workdir, tokenizer, training problems)."""
   from prm_jax.data import synthetic
-  from prm_jax.tokenizer import train_sentencepiece
+  from prm_jax.tokenizer import SentencePieceTokenizer, train_sentencepiece
   from prm_jax.train.loop import train
   probs = synthetic.make_problems(1500, 4, levels=(1,))
-  refs = [synthetic.reference_solution(p) for p in probs]
-  tok = train_sentencepiece([s.problem + "\n" + s.text for s in refs[:300]], vocab_size=400)
-  workdir = tmp_path_factory.mktemp("synthetic") / "sft"
-  train(tiny_train_config(workdir, "sft", 500), records=refs, tokenizer=tok)
-  return str(workdir), tok, probs
+
+  def build(root):
+    refs = [synthetic.reference_solution(p) for p in probs]
+    tok = train_sentencepiece([s.problem + "\n" + s.text for s in refs[:300]], vocab_size=400,
+                              path=str(root / "tok.model"))
+    train(tiny_train_config(root / "sft", "sft", 500), records=refs, tokenizer=tok)
+
+  root = cached_build("synthetic_generator", build)
+  return str(root / "sft"), SentencePieceTokenizer.load(str(root / "tok.model")), probs
 
 
 def tiny_run_config(workdir, task: str, steps: int = 60):
@@ -92,27 +177,27 @@ def tiny_run_config(workdir, task: str, steps: int = 60):
 
 
 @pytest.fixture(scope="session")
-def runs(tmp_path_factory):
+def runs():
   """A tiny generator (SFT) and PRM trained once per session on the one-digit-sums step task, with
   its data files: {"sft", "prm", "problems", "solutions", "train_data", "tokenizer"} -> path."""
   import json
   from prm_jax.records import write_jsonl
   from prm_jax.tokenizer import train_sentencepiece
   from prm_jax.train.loop import train
-  root = tmp_path_factory.mktemp("runs")
-  sols = one_digit_sums(300, 11)
-  tok = train_sentencepiece(["Add.\n" + s.text for s in sols], vocab_size=300,
-                            path=str(root / "tok.model"))
-  out = {"tokenizer": str(root / "tok.model"), "train_data": str(root / "train.jsonl")}
-  write_jsonl(out["train_data"], sols)
-  for task in ("sft", "prm"):
-    train(tiny_run_config(root / task, task), records=sols, tokenizer=tok)
-    out[task] = str(root / task)
-  problems = root / "problems.jsonl"
-  problems.write_text("".join(json.dumps({"problem_id": f"q{i}", "problem": "Add.",
-                                          "answer": str(i % 9)}) + "\n" for i in range(40)))
-  out["problems"] = str(problems)
-  solutions = root / "solutions.jsonl"
-  write_jsonl(str(solutions), one_digit_sums(2000, 12))  # long enough to kill mid-run
-  out["solutions"] = str(solutions)
-  return out
+
+  def build(root):
+    sols = one_digit_sums(300, 11)
+    tok = train_sentencepiece(["Add.\n" + s.text for s in sols], vocab_size=300,
+                              path=str(root / "tok.model"))
+    write_jsonl(str(root / "train.jsonl"), sols)
+    for task in ("sft", "prm"):
+      train(tiny_run_config(root / task, task), records=sols, tokenizer=tok)
+    (root / "problems.jsonl").write_text("".join(
+        json.dumps({"problem_id": f"q{i}", "problem": "Add.", "answer": str(i % 9)}) + "\n"
+        for i in range(40)))
+    write_jsonl(str(root / "solutions.jsonl"), one_digit_sums(2000, 12))  # long enough to kill mid-run
+
+  root = cached_build("runs", build)
+  return {"tokenizer": str(root / "tok.model"), "train_data": str(root / "train.jsonl"),
+          "sft": str(root / "sft"), "prm": str(root / "prm"),
+          "problems": str(root / "problems.jsonl"), "solutions": str(root / "solutions.jsonl")}

@@ -36,6 +36,7 @@ def run(synthetic_generator, tmp_path_factory):
   return al, al.run(), out
 
 
+@pytest.mark.slow
 def test_two_generations_with_the_uniform_control(run):
   al, summary, out = run
   assert set(summary["strategies"]) == {"active", "uniform"}
@@ -61,6 +62,7 @@ def test_two_generations_with_the_uniform_control(run):
   assert "| active | 1 |" in (out / "active_learning.md").read_text()
 
 
+@pytest.mark.slow
 def test_active_generation_picks_convincing_wrong_answers_from_the_shared_pool(run):
   al, _, out = run
   pool = list(read_solutions(str(out / "pools" / "gen1.jsonl")))
@@ -103,6 +105,7 @@ def test_active_generation_picks_convincing_wrong_answers_from_the_shared_pool(r
   assert [s.step_labels for s in labelled] == [s.step_labels for s in OracleLabeller().label(want)]
 
 
+@pytest.mark.slow
 def test_resume_redoes_only_the_unfinished_generation(run, synthetic_generator):
   al, summary, out = run
   kept = os.path.getmtime(out / "active" / "gen1" / "eval.json")
@@ -196,6 +199,7 @@ def test_wrong_answer_quota_moves_to_problems_that_have_wrong_answers():
   assert all(len([s for s in got if s.problem_id == f"p{p}"]) == 2 for p in range(4))
 
 
+@pytest.mark.slow
 def test_the_file_labeller_pauses_the_command_with_exit_3(synthetic_generator, tmp_path):
   """`active.labeller=file`: the selected solutions are exported for humans and the command stops
   with exit status 3 (not an error) and one line saying where to put the rated file."""

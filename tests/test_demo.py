@@ -25,6 +25,7 @@ def two_seeds(tmp_path_factory):
   return root, p
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_loop_and_reports_what_it_measured(two_seeds):
   root, p = two_seeds
   workdir = root / "seed_0"
@@ -105,6 +106,7 @@ def test_demo_runs_the_whole_loop_and_reports_what_it_measured(two_seeds):
   assert re.search(rf"pass@1 {100 * m['generator']['pass_at_1']:.1f}%", report)
 
 
+@pytest.mark.slow
 def test_over_two_seeds_the_report_is_the_mean_and_std_of_each_seeds_result(two_seeds):
   root, p = two_seeds
   m = json.loads((root / "metrics.json").read_text())

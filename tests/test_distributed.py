@@ -7,6 +7,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from prm_jax import sharding
@@ -21,6 +22,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_single_process(tmp_path, tiny_cfg):
   out = tmp_path / "logits.npz"
   port = str(free_port())

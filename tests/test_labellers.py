@@ -14,7 +14,7 @@ from prm_jax.records import Solution
 from prm_jax.sampling import Sampler
 from prm_jax.scoring import Scorer
 from prm_jax.train.loop import train
-from tests.conftest import tiny_train_config
+from tests.conftest import cached_build, tiny_train_config
 
 P = "Start with 7, add 5, multiply by 3, subtract 4. What is the result?"
 
@@ -98,16 +98,20 @@ def test_file_labeller_roundtrip_through_prm800k_format(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def prm(synthetic_generator, tmp_path_factory):
-  """The "larger PRM": the generator fine-tuned on oracle-labelled imperfect solutions."""
+def prm(synthetic_generator):
+  """The "larger PRM": the generator fine-tuned on oracle-labelled imperfect solutions. Its own
+  model (the shared `runs` PRM is far too small to label well), cached on disk like the shared
+  ones, keyed also by this file."""
   generator, tok, probs = synthetic_generator
-  rng = np.random.default_rng(4)
-  labelled = [synthetic.imperfect_solution(p, rng) for p in probs for _ in range(4)]
-  workdir = tmp_path_factory.mktemp("labellers") / "prm"
-  # as in the paper: start from the generator; negatives are rarer, weigh them
-  train(tiny_train_config(workdir, "prm", 600, batch_size=32, init_from=generator,
-                          class_weights=(4.0, 1.0, 1.0)), records=labelled, tokenizer=tok)
-  return str(workdir)
+
+  def build(root):
+    rng = np.random.default_rng(4)
+    labelled = [synthetic.imperfect_solution(p, rng) for p in probs for _ in range(4)]
+    # as in the paper: start from the generator; negatives are rarer, weigh them
+    train(tiny_train_config(root / "prm", "prm", 600, batch_size=32, init_from=generator,
+                            class_weights=(4.0, 1.0, 1.0)), records=labelled, tokenizer=tok)
+
+  return str(cached_build("labellers_prm", build, extra=[__file__]) / "prm")
 
 
 def balanced_accuracy(labelled, gold):

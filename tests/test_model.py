@@ -92,6 +92,7 @@ def test_bf16_compute_with_fp32_master_weights(tiny_cfg):
   assert 0 < err < 0.05 * float(jnp.abs(a).max()) + 1e-2
 
 
+@pytest.mark.slow
 def test_scan_and_remat_match_layer_loop_with_gradients():
   """Same imported weights, three layouts: identical logits and gradients."""
   path = HF_FIXTURES / "llama_gqa_untied"

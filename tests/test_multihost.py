@@ -15,6 +15,9 @@ import pytest
 
 from tests.conftest import ROOT
 
+# End to end: real multi-process jobs, all in the slow tier.
+pytestmark = pytest.mark.slow
+
 PRM_JAX = str(pathlib.Path(sys.executable).parent / "prm-jax")
 LAUNCH = str(ROOT / "scripts" / "launch_local.sh")
 

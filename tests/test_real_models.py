@@ -121,6 +121,7 @@ def prm800k_style(n: int, seed: int) -> list[Solution]:
   return out
 
 
+@pytest.mark.slow
 def test_a_generator_sft_on_prm800k_format_keeps_its_answers(tmp_path):
   """The sampler stops after the line that follows `# Answer` (not at the blank line before it), so
   samples of a generator trained on PRM800K-format solutions carry a graded answer."""

@@ -128,6 +128,7 @@ def test_train_refuses_a_config_json_that_no_prm_jax_run_wrote(runs, tmp_path):
     assert tree_digest(work) == before
 
 
+@pytest.mark.slow
 def test_a_second_train_into_a_workdir_in_use_fails_at_once(runs, tmp_path):
   """Two real `prm-jax train` processes on one workdir: the second fails in one line naming the
   first (its pid), writes nothing; the first trains to the end untouched."""
@@ -158,6 +159,7 @@ def test_a_second_train_into_a_workdir_in_use_fails_at_once(runs, tmp_path):
   assert set(before) - {".lock"} <= set(os.listdir(work)) and not (work / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_train_resumes_the_same_run_through_a_symlink_and_keeps_its_metrics(runs, tmp_path):
   real = tmp_path / "real"
   shutil.copytree(runs["sft"], real)
@@ -216,6 +218,7 @@ HOLD = ("import sys, time; from prm_jax.paths import output_lock; output_lock(sy
         "print('locked', flush=True); time.sleep(600)")
 
 
+@pytest.mark.slow
 def test_a_second_score_fails_at_once_and_a_killed_holder_blocks_nothing(runs, tmp_path):
   data = tmp_path / "in.jsonl"
   write_jsonl(str(data), list(read_solutions(runs["solutions"]))[:48])

@@ -239,6 +239,7 @@ def kill_after(proc, path, lines, timeout=240):
   proc.wait()
 
 
+@pytest.mark.slow
 def test_sample_resumes_after_sigkill_without_duplicates(runs, tmp_path):
   args = ["sample", f"--checkpoint={runs['sft']}", f"--input={runs['problems']}",
           "--config.sample.n=4", "--config.seed=3", "--config.sample.batch_size=8",
@@ -261,6 +262,7 @@ def test_sample_resumes_after_sigkill_without_duplicates(runs, tmp_path):
   assert all(got[k].steps == want[k].steps for k in want)  # the resumed rows are the same samples
 
 
+@pytest.mark.slow
 def test_score_resumes_after_sigkill_and_matches_the_scorer(runs, tmp_path):
   args = ["score", f"--checkpoint={runs['prm']}", f"--input={runs['solutions']}",
           "--config.score.seq_len=64", "--config.score.rows=4", "--config.score.chunk=8"]

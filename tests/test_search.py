@@ -168,6 +168,7 @@ def launch(*args):
                           text=True)
 
 
+@pytest.mark.slow
 def test_search_resumes_after_sigkill_and_loses_nothing(runs, tmp_path):
   args = ["search", f"--checkpoint={runs['sft']}", f"--prm={runs['prm']}",
           f"--input={runs['problems']}", "--config.search.method=beam", "--config.search.n=4",

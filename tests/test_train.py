@@ -48,6 +48,7 @@ def tiny_config(workdir, task, steps, **train):
   return c
 
 
+@pytest.mark.slow
 def test_prm_learns_step_labels_above_majority(tmp_path, tok):
   train_sols, test_sols = one_digit_sums(600, 0), one_digit_sums(200, 1)
   summary = train(tiny_config(tmp_path, "prm", 300), records=train_sols, tokenizer=tok)
@@ -108,6 +109,7 @@ def sft_data(tmp_path_factory, tok):
   return str(d / "train.jsonl"), str(d / "tok.model")
 
 
+@pytest.mark.slow
 def test_sigkill_resume_reproduces_the_uninterrupted_losses(tmp_path, sft_data):
   data, tok_path = sft_data
   ref = launch(tmp_path / "ref", data, tok_path)
@@ -134,6 +136,7 @@ def test_sigkill_resume_reproduces_the_uninterrupted_losses(tmp_path, sft_data):
   np.testing.assert_allclose([got[s] for s in resumed], [want[s] for s in resumed], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_zero(tmp_path, sft_data):
   data, tok_path = sft_data
   p = launch(tmp_path, data, tok_path, steps=100000)
@@ -207,6 +210,7 @@ def test_metrics_jsonl_and_tensorboard(tmp_path, tok):
   assert {"loss", "grad_norm", "tokens_per_s"} <= read_tb_scalars(tmp_path / "tb")
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_applies_the_mean_gradient_every_k_steps(tok):
   """grad_accum=2 on micro-batches b1, b2, b1, b2 equals the plain optimizer stepped twice on the
   mean of b1's and b2's gradients, and holds the parameters still between its updates. The
@@ -267,6 +271,7 @@ def test_metric_writer_drops_the_steps_a_resume_logs_again(tmp_path):
   assert path.read_bytes() == unchanged  # nothing past step 5: the file is not rewritten
 
 
+@pytest.mark.slow
 def test_reward_model_init_from_generator_and_hf(tmp_path, tok):
   from prm_jax.runs import Run
   from prm_jax.train.loop import _load_starting_weights
@@ -300,6 +305,7 @@ def test_reward_model_init_from_generator_and_hf(tmp_path, tok):
           records=one_digit_sums(8, 1))
 
 
+@pytest.mark.slow
 def test_reward_model_takes_its_starting_runs_architecture(tmp_path, tok):
   base = tmp_path / "base"
   c = tiny_config(base, "sft", 2)
