@@ -15,7 +15,9 @@ export PYTHONUNBUFFERED=1
 tests_for() {  # the tests (files or node ids) that cover a module
   local P=tests/test_properties.py S=tests/test_scoring.py
   case "$1" in
-    prm_jax/evaluation.py) echo "tests/test_evaluation.py" ;;
+    prm_jax/evaluation.py) echo "tests/test_evaluation.py
+      tests/test_benchmarks.py::test_processbench_table_is_the_papers_with_a_fixed_threshold
+      tests/test_benchmarks.py::test_prmbench_score_closed_form" ;;
     prm_jax/train/losses.py) echo "tests/test_losses.py" ;;
     prm_jax/data/prm800k.py) echo "tests/test_prm800k.py $P::test_jsonl_readers_never_crash_on_arbitrary_bytes
       $P::test_jsonl_readers_name_the_line_json_itself_refuses" ;;
@@ -90,8 +92,9 @@ left = sorted(k for k, v in codes.items() if status.get(v, "suspicious") not in 
 # Each survivor's diff against its function's original, from the mutated source mutmut wrote
 # (`mutmut show` per mutant takes about a second each: 20 minutes for a thousand).
 src = open(f"{work}/mutants/{module}").read()
-defs = {n.name: ast.get_source_segment(src, n).splitlines() for n in ast.walk(ast.parse(src))
-         if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+lines = src.splitlines()
+defs = {n.name: lines[n.lineno - 1:n.end_lineno] for n in ast.parse(src).body
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
 with open(f"{work}/survivors.diff", "w") as out:
   for k in left:
     name = k.rsplit(".", 1)[1]

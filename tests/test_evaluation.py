@@ -626,3 +626,64 @@ def test_process_eval_skips_count_each_row_once():
   with pytest.raises(ValueError) as e:
     process_eval([])
   assert str(e.value) == "no solutions with both step_labels and scores.prm_steps"
+
+
+def test_report_cells_say_n_a_for_undefined_numbers():
+  from prm_jax.evaluation import (format_auroc, prmbench_scores, prmbench_table,
+                                  processbench_table, with_reason)
+  assert format_auroc(None) == "n/a" and format_auroc(0.12345) == "0.123"
+  assert with_reason(0.5, "why") == "0.500" and with_reason(float("nan"), "why") == "nan (why)"
+  assert with_reason(float("nan"), None) == "nan"
+  nan = float("nan")
+  bench = {"s": {"f1": nan, "acc_erroneous": nan, "acc_correct": 1.0, "n_erroneous": 0,
+                 "n_correct": 2}, "average_f1": nan, "reason": "s: no erroneous solutions"}
+  assert processbench_table(bench) == (
+      "| | s | average |\n|---|---|---|\n| erroneous acc | n/a |  |\n| correct acc | 100.0 |  |\n"
+      "| F1 | n/a | n/a |\n| items (erroneous / correct) | 0 / 2 | |")
+  assert prmbench_table(prmbench_scores([])) == (
+      "\nPRMBench (steps valid at P(ok) >= threshold):\n\n"
+      "| classification | PRMScore | F1 | negative F1 | steps |\n|---|---|---|---|---|\n"
+      "| overall | n/a | n/a | n/a | 0 |\n")
+
+
+def test_prmbench_scores_by_hand():
+  """A step is valid at P(ok) >= threshold; neutral counts as valid; unlabelled steps are skipped,
+  not the end of the solution; a row without a classification is "all"."""
+  from prm_jax.evaluation import prmbench_scores
+  row = _proc("a", [1, -1, None, 0, -1, -1], [0.5, 0.2, 0.9, 0.3, 0.7, 0.1])
+  got = prmbench_scores([row], 0.5)  # TP 0.5; TN 0.2, 0.1; FN 0.3 (neutral); FP 0.7
+  want = {"f1": 0.5, "negative_f1": 2 / 3, "prmscore": 7 / 12, "steps": 5}
+  assert _same(got, {"all": want, "overall": want})
+  empty = prmbench_scores([])["overall"]
+  assert empty["steps"] == 0 and all(math.isnan(empty[k]) for k in ("f1", "negative_f1", "prmscore"))
+
+
+def test_reports_rewrite_their_directory_and_use_the_seed_and_mode(tmp_path):
+  from prm_jax.evaluation import repeated_samples, run_process_eval
+  sols = [sol("a", a, a == "2", prm=0.1 * i + 0.1) for i, a in enumerate(["2", "\\sqrt{4}", "3", "5"])]
+  out = str(tmp_path / "bon")
+  first = run_bon_eval(sols, [1, 2], 40, 3, out)
+  assert run_bon_eval(sols, [1, 2], 40, 3, out) == first  # the same directory again: rewritten
+  assert first == best_of_n(build_pools(sols), [1, 2], 40, 3)
+  assert first != run_bon_eval(sols, [1, 2], 40, 4, out)
+  # math_verify puts "\\sqrt{4}" with "2": at N = 4 that answer wins the vote (2 of 4) for sure
+  mv = run_bon_eval(sols, [4], 10, 0, out, mode="math_verify")
+  assert mv["methods"]["majority"]["mean"] == [1.0]
+  assert run_bon_eval(sols, [4], 400, 0, out)["methods"]["majority"]["mean"][0] < 0.5
+  assert (tmp_path / "bon" / "bon.md").read_text().startswith("Best-of-N solve rate (%)")
+  rows = [Solution("a", "q", ["s"], meta={}), Solution("a", "q", ["s"], meta={"sample_idx": 1}),
+          Solution("a", "q", ["s"], meta={"sample_idx": 1})]
+  assert repeated_samples(rows) == 1  # a row without an index is passed over, not the end
+  # process-eval: twice into one directory; the ECE's own reason; the dev F1 beside the threshold
+  unlabelled = [Solution("p", "q", ["a"], step_labels=[None], scores={"prm_steps": [0.2]})]
+  pe = str(tmp_path / "eval")
+  run_process_eval(unlabelled, pe, threshold=0.5)
+  run_process_eval(unlabelled, pe, threshold=0.5)
+  assert "| step ECE | nan (no labelled steps) |\n" in (tmp_path / "eval" / "process.md").read_text()
+  mixed = [sol(f"p{i}", "1", True, steps=["a", "b"], labels=[1, -1] if i % 2 else [1, 1],
+               prm_steps=[0.9, 0.3] if i % 2 else [0.9, 0.4]) for i in range(30)]
+  r = run_process_eval(mixed, pe)
+  assert 0 < r["dev_f1"] < 1 or r["dev_f1"] == 1.0
+  assert (f"| threshold (chosen on dev, F1 {100 * r['dev_f1']:.1f}) | {r['threshold']:.2f} |"
+          in (tmp_path / "eval" / "process.md").read_text())
+  assert r["dev_f1"] == 1.0 and "F1 100.0" in (tmp_path / "eval" / "process.md").read_text()

@@ -217,3 +217,69 @@ def test_sigmoid_bce_is_stable_and_exact():
   for y in (0.0, 1.0):
     want = [softplus(float(v)) - float(v) * y for v in x]
     np.testing.assert_allclose(losses.optax_sigmoid_bce(x, y), want, rtol=1e-6, atol=1e-7)
+
+
+def test_next_token_weights_never_cross_into_a_new_segment_or_padding():
+  """With every token supervised, the step into a new segment's first token and the steps between
+  padding tokens still get weight 0."""
+  b = batch(segment_ids=[[1, 1, 2, 2, 0, 0]], loss_mask=[[1, 1, 1, 1, 1, 1]],
+            positions=[[0, 1, 0, 1, 0, 0]], tokens=[[1, 2, 3, 4, 0, 0]],
+            step_label=[[I] * 6], outcome=[[I] * 6])
+  assert np.asarray(losses.next_token_weights(b)).tolist() == [[1, 0, 1, 0, 0]]
+
+
+def test_prm_step_weights_count_negatives_from_each_segments_own_start():
+  """Segment 2 starts at token 1, right after segment 1's -1: that -1 is not segment 2's. Inside
+  segment 2 the first -1 is kept and the later steps dropped; a padding token (segment 0) is never
+  a step even when labelled."""
+  b = batch(segment_ids=[[1, 2, 2, 2, 0]], positions=[[0, 0, 1, 2, 0]],
+            step_label=[[-1, -1, 1, 0, 1]], loss_mask=[[1] * 5], tokens=[[1] * 5],
+            outcome=[[I] * 5])
+  assert np.asarray(losses.prm_step_weights(b)).tolist() == [[1, 1, 0, 0, 0]]
+
+
+def test_binary_prm_loss_stays_finite_on_saturated_logits():
+  """P(ok) is clipped to [1e-7, 1 - 1e-7]: a confident wrong prediction costs -log(1e-7), not inf."""
+  b = batch(segment_ids=[[1, 1, 1]], positions=[[0, 1, 2]], loss_mask=[[1, 1, 1]],
+            tokens=[[1, 2, 3]], step_label=[[I, 1, I]], outcome=[[I] * 3])
+  sure_wrong = jnp.zeros((1, 3, 3)).at[0, 1].set(jnp.asarray([200.0, 0.0, -200.0]))
+  loss, _ = losses.prm_task_loss(sure_wrong, b, mode="binary")
+  assert float(loss) == pytest.approx(-np.log(np.float32(1e-7)), rel=1e-5)
+  neg = batch(segment_ids=[[1, 1, 1]], positions=[[0, 1, 2]], loss_mask=[[1, 1, 1]],
+              tokens=[[1, 2, 3]], step_label=[[I, -1, I]], outcome=[[I] * 3])
+  sure_ok = jnp.zeros((1, 3, 3)).at[0, 1].set(jnp.asarray([-200.0, 0.0, 200.0]))
+  loss, _ = losses.prm_task_loss(sure_ok, neg, mode="binary")
+  assert float(loss) == pytest.approx(-np.log1p(-np.float32(1 - 1e-7)), rel=1e-3)
+  assert np.isfinite(float(loss)) and float(loss) > 15
+
+
+def test_orm_accuracy_counts_a_zero_logit_as_predicting_wrong():
+  """P(correct) = sigmoid(0) = 0.5 is not a prediction of "correct": it matches outcome 0 only."""
+  b = batch(outcome=[[I, I, I, 0, I, I, 1, I]])
+  logits = jnp.zeros((1, 8, 1))
+  _, m = losses.orm_task_loss(logits, b)
+  assert float(m["outcome_accuracy"]) == 0.5  # outcome 0 right, outcome 1 wrong
+
+
+def test_orm_all_tokens_on_many_rows_keeps_every_rows_segments_apart():
+  """Four rows of four tokens, one or two solutions each: each token is supervised with its own
+  solution's outcome (a reference loop over rows and segments)."""
+  seg = [[1, 1, 2, 2], [1, 1, 1, 0], [1, 2, 2, 2], [1, 1, 2, 2]]
+  outcome = [[I, 1, I, 0], [I, I, 0, I], [1, I, I, 1], [I, 0, I, 1]]
+  mask = [[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1], [0, 1, 1, 1]]
+  b = batch(segment_ids=seg, outcome=outcome, loss_mask=mask, positions=[[0] * 4] * 4,
+            tokens=[[1] * 4] * 4, step_label=[[I] * 4] * 4)
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0, 2, (4, 4, 1)).astype(np.float32)
+  loss, _ = losses.orm_task_loss(jnp.asarray(logits), b, all_tokens=True)
+  total = count = 0.0
+  for r in range(4):
+    for t in range(4):
+      s = seg[r][t]
+      if s == 0 or not mask[r][t]:
+        continue
+      y = max(outcome[r][u] for u in range(4) if seg[r][u] == s)
+      x = float(logits[r, t, 0])
+      total += max(x, 0) - x * (y == 1) + np.log1p(np.exp(-abs(x)))
+      count += 1
+  assert float(loss) == pytest.approx(total / count, rel=1e-5)
