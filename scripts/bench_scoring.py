@@ -11,9 +11,10 @@
    classifier in padded batches, one solution per row, P(ok) read at the step ends (how TRL /
    ProcessBench scripts score), on the same token ids; solutions per second at each `--peer-sizes`,
    for packed rows of each `--peer-seq-lens` (score.seq_len; 1024 is the config's default), on
-   each of `--peer-data`: synthetic PRM800K-shaped solutions (~100-300 tokens, so little padding)
-   and real ProcessBench sample solutions (tests/fixtures/processbench, ~150-1500 tokens, about
-   half of a padded batch is padding), the latter in rows of 1024 only. The peer runs in `--torch-python` (an interpreter with torch and transformers; default: this one;
+   each of `--peer-data`: synthetic PRM800K-shaped solutions (~100-256 tokens; 16% padding)
+   and real ProcessBench sample solutions (tests/fixtures/processbench, ~150-1000 tokens after
+   the cut at a row; 24-42% of a padded batch is padding), the latter in rows of 1024 only. The
+   peer runs in `--torch-python` (an interpreter with torch and transformers; default: this one;
    "" skips it) with the faster, on a warm-up batch, of torch's default thread count and one
    thread (on a busy machine torch's spinning threads can be ten times slower).
 

@@ -40,6 +40,7 @@ class ModelConfig:
   tie_embeddings: bool = False
   sliding_window: int | None = None
   max_seq_len: int = 2048
+  attention_block: int = 256    # queries per block of uncached attention (0: all at once)
   dtype: str = "float32"        # compute dtype of activations and matmuls
   param_dtype: str = "float32"  # storage dtype of the (master) weights
   remat: bool = False           # rematerialise each block in the backward pass
@@ -53,6 +54,8 @@ class ModelConfig:
     for field in ("dtype", "param_dtype"):
       if getattr(self, field) not in _DTYPES:
         raise ValueError(f"{field}={getattr(self, field)!r}; expected one of {sorted(_DTYPES)}")
+    if self.attention_block < 0:
+      raise ValueError(f"attention_block={self.attention_block} must be >= 0")
     if self.head_dim is None:
       if self.dim % self.num_heads:
         raise ValueError(f"dim={self.dim} is not divisible by num_heads={self.num_heads}")

@@ -92,7 +92,8 @@ def new_tokenizer(config, records, decode, run: RunDir):
 # and the data iterator's checkpointed position.
 FIXED_TRAIN = ("task", "seq_len", "batch_size", "pack", "grad_accum", "prm_mode",
                "neutral_is_positive", "orm_all_tokens")
-HOW_HELD = ("dtype", "remat", "init_std")  # model fields that leave the parameters as they are
+# model fields that leave the parameters as they are
+HOW_HELD = ("dtype", "remat", "init_std", "attention_block")
 STATES = ("new", "resume", "done")
 
 
@@ -211,7 +212,7 @@ def _adopt_starting_architecture(config) -> ml_collections.ConfigDict:
   if is_hf(spec):
     m = config.model
     cfg = model_config_of(spec, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-                          scan_layers=m.scan_layers)
+                          scan_layers=m.scan_layers, attention_block=m.get("attention_block", 256))
   else:
     cfg = model_config_of(spec)
   model = dataclasses.asdict(cfg)
