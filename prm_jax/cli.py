@@ -24,6 +24,7 @@ class Flag:
   required: bool = True
   multi: bool = False        # repeatable (a list)
   default: str | None = None
+  aliases: tuple[str, ...] = ()  # other names accepted for it (e.g. search's --problems)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,7 +286,7 @@ def _search_settings(config) -> None:
          "solution per problem with its search trace",
          flags=(_checkpoint("the generator"),
                 Flag("prm", "the PRM that scores each step: a prm_jax run directory or hf:PATH"),
-                Flag("input", "problems: Problem or MATH JSONL"),
+                Flag("input", "problems: Problem or MATH JSONL", aliases=("problems",)),
                 Flag("output", "Solution JSONL, meta.search holds the trace (an incomplete one "
                                "is resumed)")),
          sections=("search", "sample", "score.neutral_is_positive", "seed", "mesh",
@@ -312,7 +313,8 @@ def _search(config, args) -> None:
          "search and DVTS at equal budgets (table + plot)",
          flags=(_checkpoint("the generator"),
                 Flag("prm", "the PRM: a prm_jax run directory or hf:PATH"),
-                Flag("input", "problems with answers: Problem or MATH JSONL"),
+                Flag("input", "problems with answers: Problem or MATH JSONL",
+                     aliases=("problems",)),
                 Flag("output", "folder for each search's JSONL, search_eval.json, .md, .png")),
          sections=("search", "sample", "score.neutral_is_positive", "seed", "mesh",
                    "data.skip_invalid"))
@@ -415,6 +417,8 @@ def parse(cmd: Command, argv: list[str]):
   for f in cmd.flags + MULTI_HOST:
     define = flags.DEFINE_multi_string if f.multi else flags.DEFINE_string
     define(f.name, [] if f.multi else f.default, f.help, flag_values=fv)
+    for alias in f.aliases:
+      flags.DEFINE_alias(alias, f.name, flag_values=fv)
   for i, a in enumerate(argv):  # `--input` last, or followed by another flag
     if (a.startswith("-") and not a.startswith("--config") and "=" not in a
         and a.lstrip("-") in fv and (i + 1 == len(argv) or argv[i + 1].startswith("-"))):
@@ -506,7 +510,8 @@ def command_help(cmd: Command) -> str:
     lines.append("flags:")
     for f in cmd.flags:
       extra = " (required)" if f.required else f" (default {f.default})" if f.default else ""
-      lines.append(f"  --{f.name:14s} {f.help}{extra}")
+      also = "".join(f" (or --{a})" for a in f.aliases)
+      lines.append(f"  --{f.name:14s} {f.help}{also}{extra}")
     lines.append("")
   lines.append(f"config fields it reads (default configs/{cmd.config}; override with "
                "--config.FIELD=VALUE):")

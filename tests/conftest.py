@@ -201,3 +201,47 @@ def runs():
   return {"tokenizer": str(root / "tok.model"), "train_data": str(root / "train.jsonl"),
           "sft": str(root / "sft"), "prm": str(root / "prm"),
           "problems": str(root / "problems.jsonl"), "solutions": str(root / "solutions.jsonl")}
+
+
+# ----------------------------------------------------------------------------- compile report
+# How many XLA programs each test module compiled and how long that took, printed at the end of a
+# run (`PRM_JAX_COMPILES=0` hides it). A forward pass that is jitted again in every test instead of
+# once per module shows up as one function compiled many times.
+_COMPILES: dict[str, "collections.Counter"] = {}
+_COMPILE_SECONDS: dict[str, float] = {}
+_MODULE: list = [None]
+
+
+def _on_compile_event(event: str, seconds: float, **kw) -> None:
+  if event == "/jax/core/compile/backend_compile_duration" and _MODULE[0]:
+    import collections
+    _COMPILES.setdefault(_MODULE[0], collections.Counter())[kw.get("fun_name", "?")] += 1
+    _COMPILE_SECONDS[_MODULE[0]] = _COMPILE_SECONDS.get(_MODULE[0], 0.0) + seconds
+
+
+def pytest_sessionstart(session):
+  from jax import monitoring
+  monitoring.register_event_duration_secs_listener(_on_compile_event)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+  _MODULE[0] = item.nodeid.split("::")[0]  # fixtures set up for the item count as its module's
+  yield
+
+
+def compile_counts(module: str) -> dict[str, int]:
+  """{jitted function name: backend compiles} so far in a test module (tests/x.py)."""
+  return dict(_COMPILES.get(module, {}))
+
+
+def pytest_terminal_summary(terminalreporter):
+  if not _COMPILES or os.environ.get("PRM_JAX_COMPILES") == "0":
+    return
+  w = terminalreporter
+  w.section("JAX compiles per test module (the 12 slowest to compile)")
+  for module in sorted(_COMPILE_SECONDS, key=_COMPILE_SECONDS.get, reverse=True)[:12]:
+    counts = _COMPILES[module]
+    top = ", ".join(f"{n} x{c}" for n, c in counts.most_common(3))
+    w.write_line(f"{_COMPILE_SECONDS[module]:7.1f}s {sum(counts.values()):5d} compiles  {module}: "
+                 f"{top}")

@@ -208,3 +208,28 @@ def test_configs_install_as_prm_jax_configs_and_every_import_is_declared(tmp_pat
         if not dists & declared:
           missing.add(f"{top} ({path.relative_to(ROOT)})")
   assert not missing, f"imported but not declared in pyproject.toml: {sorted(missing)}"
+
+
+def test_search_takes_its_problems_as_input_or_problems():
+  """The search issue's spelling (`--problems P.jsonl`, space-separated) and the project's
+  (`--input=P.jsonl`) set the same flag; --help names both; a missing one is still refused."""
+  from prm_jax import cli
+  for name in ("search", "search-eval"):
+    cmd = cli.COMMANDS[name]
+    _, a = cli.parse(cmd, ["--checkpoint", "g", "--prm", "p", "--problems", "P.jsonl",
+                           "--output", "o"])
+    _, b = cli.parse(cmd, ["--checkpoint=g", "--prm=p", "--input=P.jsonl", "--output=o"])
+    assert a.input == b.input == "P.jsonl"
+    assert "(or --problems)" in cli.command_help(cmd)
+    try:
+      cli.parse(cmd, ["--checkpoint=g", "--prm=p", "--output=o"])
+    except cli.UsageError as e:
+      assert str(e) == "missing --input"
+    else:
+      raise AssertionError("no --input/--problems accepted")
+    try:
+      cli.parse(cmd, ["--checkpoint=g", "--prm=p", "--output=o", "--problems"])
+    except cli.UsageError as e:
+      assert str(e) == "--problems needs a value: --problems=VALUE"
+    else:
+      raise AssertionError("a bare --problems accepted")

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, example, given, settings, strategies as st
 
 from prm_jax import grading
 from prm_jax.data import prm800k
@@ -24,9 +24,16 @@ from tests.conftest import FIXTURES
 SCALE = int(os.environ.get("HYPOTHESIS_EXAMPLES", "0"))
 
 
+# Under mutation testing (scripts/mutation.sh) a failing example is enough: shrinking it to the
+# smallest one costs minutes per mutant and kills nothing more.
+PHASES = ((Phase.explicit, Phase.reuse, Phase.generate) if "MUTANT_UNDER_TEST" in os.environ
+          else tuple(Phase))
+
+
 def props(n: int):
   """Settings for a property tested on `n` examples (HYPOTHESIS_EXAMPLES overrides)."""
   return settings(max_examples=SCALE or n, deadline=None, derandomize=not SCALE, database=None,
+                  phases=PHASES,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                          HealthCheck.function_scoped_fixture])
 

@@ -127,6 +127,63 @@ def test_contiguous_layouts_edge_cases():
     np.testing.assert_allclose(out[LOG_PROD], [400 * np.log(0.5)], rtol=1e-6)
 
 
+def test_contiguous_layouts_at_many_solutions_and_runs_one_step_past_a_window():
+  """The sorted path's prefix sum over more than one block of 32 (and more than 32 blocks), runs
+  of k*16 + 1 steps whose last step is the lowest (the window count rounds up), and P(ok) a little
+  outside [0, 1] (softmax rounding) clipped to it on every path."""
+  rng = np.random.default_rng(5)
+  run = jax.jit(lambda p, i, n, layout: {m: aggregate_step_scores(p, i, n, m, layout)
+                                         for m in ALL}, static_argnums=(2, 3))
+  for n, longest in ((100, 17), (1100, 33), (40, 49)):
+    lengths = rng.integers(0, 4, size=n)
+    lengths[rng.integers(0, n)] = longest
+    ids = np.repeat(np.arange(n), lengths).astype(np.int32)
+    probs = rng.uniform(-0.05, 1.05, size=len(ids)).astype(np.float32)
+    probs[np.cumsum(lengths)[lengths == longest] - 1] = 0.01  # the long run's last step
+    clipped = np.clip(probs, 0.0, 1.0)
+    for layout in ("sorted", "grouped", "any"):
+      got = run(jnp.asarray(probs), jnp.asarray(ids), n, layout)
+      for m in METHODS:
+        np.testing.assert_allclose(np.asarray(got[m]), reference(clipped, ids, n, m), rtol=2e-5,
+                                   atol=1e-7, err_msg=f"{n} {layout} {m}")
+      with np.errstate(divide="ignore"):
+        want = np.array([np.log(clipped[ids == j]).sum() if (ids == j).any() else -np.inf
+                         for j in range(n)])
+      fin = np.isfinite(want)
+      np.testing.assert_array_equal(np.isfinite(np.asarray(got[LOG_PROD])), fin)
+      np.testing.assert_allclose(np.asarray(got[LOG_PROD])[fin], want[fin], rtol=1e-5, atol=1e-4)
+
+
+def test_exclusive_cumsum_equals_numpy_across_block_sizes():
+  from prm_jax.scoring import _exclusive_cumsum
+  rng = np.random.default_rng(6)
+  fn = jax.jit(_exclusive_cumsum)
+  for n in (0, 1, 31, 32, 33, 64, 65, 1000, 1024, 1025, 40_000):
+    x = rng.integers(0, 400, size=n).astype(np.int32)  # totals up to 1.6e7 < 2**24
+    got = np.asarray(fn(jnp.asarray(x)))
+    assert got.dtype == np.int32 and got.shape == (n,)
+    np.testing.assert_array_equal(got, np.cumsum(x) - x, err_msg=str(n))
+
+
+def test_the_sorted_layout_runs_the_scatter_free_start():
+  """What `layout` promises buys: sorted owners count steps with one sorted scatter and find run
+  starts by a prefix sum (no scatter-min, no XLA cumsum); grouped ones need the scatter-min;
+  padding ids are dropped by the scatters themselves. Empty input keeps the documented scores."""
+  def scatters(layout):
+    jaxpr = jax.make_jaxpr(lambda p, i: aggregate_step_scores(p, i, 100, "prod", layout))(
+        jnp.ones(64), jnp.zeros(64, jnp.int32)).jaxpr
+    assert not any("cum" in e.primitive.name for e in jaxpr.eqns), layout
+    return [(e.primitive.name, e.params["indices_are_sorted"], e.params["mode"])
+            for e in jaxpr.eqns if "scatter" in e.primitive.name]
+  drop = jax.lax.GatherScatterMode.FILL_OR_DROP
+  assert scatters("sorted") == [("scatter-add", True, drop)]
+  assert scatters("grouped") == [("scatter-add", False, drop), ("scatter-min", False, drop)]
+  for m in ALL:
+    out = aggregate_step_scores(np.zeros(0, np.float32), np.zeros(0, np.int32), 3, m)
+    assert out.dtype == jnp.float32
+    assert out.tolist() == ([-np.inf] * 3 if m == LOG_PROD else [0.0] * 3), m
+
+
 @pytest.fixture(scope="module")
 def prm(tiny_cfg):
   return RewardModel(tiny_cfg, "prm", rngs=nnx.Rngs(0))
