@@ -1,7 +1,7 @@
 """Final-answer extraction and equivalence.
 
 `mode="prm800k"` follows the paper's grader.py (MATH normalisation; tuples and intervals
-element-wise; two plain fractions must match exactly; an integer answer must be given as an
+element-wise, but bare lists, sets and unions only as a whole; two plain fractions must match exactly; an integer answer must be given as an
 integer; more than two unknown letters or a risky exponent are never evaluated; otherwise the
 difference must simplify to exactly 0). Model output is untrusted text, so nothing here evaluates
 it as Python: LaTeX is rewritten to a small arithmetic language and parsed by `parse_expression`, a
@@ -241,7 +241,7 @@ def normalize(expr: str | None) -> str | None:
   s = re.sub(r"_\{(\w+)\}", r"_\1", s)
   try:
     f = float(s)
-    if math.isfinite(f) and abs(f - round(f)) <= 1e-9 and abs(f) < 1e15:
+    if math.isfinite(f) and abs(f - round(f)) <= 1e-7 and abs(f) < 1e15:  # grader.py's _is_int
       s = str(int(round(f)))
   except ValueError:
     pass
@@ -579,27 +579,6 @@ def _element_equal(g: str, t: str) -> bool:
     return False
 
 
-def _split_top(s: str, seps: Iterable[str]) -> list[str]:
-  parts, depth, cur, i = [], 0, [], 0
-  seps = tuple(seps)
-  while i < len(s):
-    if s[i] in "([{":
-      depth += 1
-    elif s[i] in ")]}":
-      depth -= 1
-    if depth == 0:
-      sep = next((x for x in seps if s.startswith(x, i)), None)
-      if sep:
-        parts.append("".join(cur))
-        cur = []
-        i += len(sep)
-        continue
-    cur.append(s[i])
-    i += 1
-  parts.append("".join(cur))
-  return parts
-
-
 def _matrix(s: str) -> list[list[str]] | None:
   m = re.fullmatch(r"\\begin\{[pbv]?matrix\}(.*)\\end\{[pbv]?matrix\}", s)
   if not m:
@@ -607,10 +586,22 @@ def _matrix(s: str) -> list[list[str]] | None:
   return [row.split("&") for row in m.group(1).split("\\\\") if row != ""]
 
 
-def _is_bracketed(s: str) -> bool:
-  if len(s) < 2 or s[0] not in "([{" or s[-1] not in ")]}":
-    return False
-  return "," in s
+_THOUSANDS = re.compile(r"(\d),(\d\d\d)($|\D)")
+
+
+def _split_tuple(s: str) -> list[str]:
+  """grader.py's `split_tuple`: a tuple or interval (`(`/`[` ... `)`/`]`, no bracket inside) is
+  its comma-separated elements; anything else (a bare list `1, 2`, a set, a union, nested
+  tuples) is one element, equal only as a whole. Thousands separators go first, as there
+  (`(1,000)` is one element, `(1, 1,000)` two)."""
+  while True:
+    stripped = _THOUSANDS.sub(r"\1\2\3", s)
+    if stripped == s:
+      break
+    s = stripped
+  if len(s) > 2 and s[0] in "()[]" and s[-1] in "()[]" and not any(c in s[1:-1] for c in "()[]"):
+    return [e.strip() for e in s[1:-1].split(",")]
+  return [s]
 
 
 def _grade_normalized(g: str, t: str) -> bool:
@@ -621,18 +612,10 @@ def _grade_normalized(g: str, t: str) -> bool:
     if gm is None or tm is None or [len(r) for r in gm] != [len(r) for r in tm]:
       return False
     return all(_element_equal(a, b) for ra, rb in zip(gm, tm) for a, b in zip(ra, rb))
-  gu, tu = _split_top(g, ["\\cup"]), _split_top(t, ["\\cup"])
-  if len(gu) > 1 or len(tu) > 1:
-    return len(gu) == len(tu) and all(_grade_normalized(a, b) for a, b in zip(gu, tu))
-  if _is_bracketed(g) or _is_bracketed(t):
-    if g[:1] != t[:1] or g[-1:] != t[-1:]:
-      return False  # (a,b) is not [a,b]
-    ge, te = _split_top(g[1:-1], [","]), _split_top(t[1:-1], [","])
-    return len(ge) == len(te) and all(_element_equal(a, b) for a, b in zip(ge, te))
-  ge, te = _split_top(g, [","]), _split_top(t, [","])
-  if len(ge) > 1 or len(te) > 1:
-    return len(ge) == len(te) and all(_element_equal(a, b) for a, b in zip(ge, te))
-  return _element_equal(g, t)
+  ge, te = _split_tuple(g), _split_tuple(t)
+  if len(te) > 1 and (g[0] != t[0] or g[-1] != t[-1]):
+    return False  # (a,b) is not [a,b]
+  return len(ge) == len(te) and all(_element_equal(a, b) for a, b in zip(ge, te))
 
 
 class _Timeout(BaseException):
@@ -682,7 +665,8 @@ def _grade_prm800k(given: str, truth: str) -> bool:
   return _grade_normalized(g, t)
 
 
-_PYTHONISH = re.compile(r"__|\bimport\b|\beval\b|\bexec\b|\blambda\b|[`;]|\bos\.|\bsys\.")
+# (`\lambda` is LaTeX, not Python's lambda)
+_PYTHONISH = re.compile(r"__|\bimport\b|\beval\b|\bexec\b|(?<!\\)\blambda\b|[`;]|\bos\.|\bsys\.")
 
 
 def _grade_math_verify(given: str, truth: str) -> bool:
@@ -764,18 +748,13 @@ def _element_value(e: str) -> complex | None:
 
 
 def _fingerprint(s: str) -> tuple | None:
-  """Mirrors `_grade_normalized`'s structure: matrix, union, bracketed list, list, element."""
+  """Mirrors `_grade_normalized`'s structure: matrix, tuple or interval, element."""
   mat = _matrix(s)
   if mat is not None:
     return ("matrix", tuple(tuple(_element_value(c) for c in row) for row in mat))
-  parts = _split_top(s, ["\\cup"])
+  parts = _split_tuple(s)
   if len(parts) > 1:
-    return ("union", tuple(_fingerprint(x) for x in parts))
-  if _is_bracketed(s):
-    return ("bracketed", s[0], s[-1], tuple(_element_value(x) for x in _split_top(s[1:-1], [","])))
-  parts = _split_top(s, [","])
-  if len(parts) > 1:
-    return ("list", tuple(_element_value(x) for x in parts))
+    return ("tuple", s[0], s[-1], tuple(_element_value(x) for x in parts))
   return ("element", _element_value(s))
 
 

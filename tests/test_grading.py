@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from prm_jax import grading
 from prm_jax.grading import extract_answer, extract_boxed, grade_answer
 from tests.conftest import ROOT
 
@@ -276,6 +277,70 @@ GRADER_PY_CASES = [
     ('30°', '30', False),
     ('\\begin{pmatrix} 0.5 \\\\ 2 \\end{pmatrix}',
      '\\begin{pmatrix}\\frac12\\\\2\\end{pmatrix}', False),
+    ('1+', '2+', False),
+    ('\\frac{1}', '1', False),
+    # measured on 3 Dec 2026 (tuples vs bare lists, sets and unions; thousands separators inside
+    # tuples; the integer tolerance; exponent and letter guards; a division by zero)
+    ('\\begin{pmatrix}1\\\\2\\end{pmatrix}', '(1,2)', False),
+    ('(1,2)', '\\begin{pmatrix}1\\\\2\\end{pmatrix}', False),
+    ('\\begin{pmatrix}1&2\\end{pmatrix}', '\\begin{pmatrix}1\\\\2\\end{pmatrix}', False),
+    ('(1,2) \\cup (3,4)', '(1,2)', False),
+    ('(1,2)', '(1,2) \\cup (3,4)', False),
+    ('(1,2)\\cup(3,4)', '(1,2) \\cup (3,4)', True),
+    ('(0,1)\\cup(2,3)', '(2,3)\\cup(0,1)', False),
+    ('(0,\\frac12)\\cup(2,3)', '(0,0.5)\\cup(2,3)', False),
+    ('(1,2)', '1,2', False),
+    ('1,2', '(1,2)', False),
+    ('1,2', '1', False),
+    ('1', '1,2', False),
+    ('1, \\frac12', '1, 0.5', False),
+    ('2, 1', '1, 2', False),
+    ('(1,)', '(1,2)', False),
+    ('(1,2)', '(1,)', False),
+    ('1,', '1,2', False),
+    ('a b c', 'abc', True),
+    ('\\frac{(x+1)^2-x^2-2x}{2}', '0.5', False),
+    ('0.5', '\\frac{(x+1)^2-x^2-2x}{2}', False),
+    ('\\frac{1}{0}', '0.5', False),
+    ('0.5', '\\frac{1}{0}', False),
+    ('x^ 2+1', '1+x^2', True),
+    ('x^{ 2}+1', '1+x^2', True),
+    ('x^2 ^2', 'x^4', False),
+    ('x^{2}^2', 'x^4', False),
+    ('x^{a}', 'x^a', True),
+    ('x^{A}+1', '1+x^A', True),
+    ('2^ab', '2^ab', True),
+    ('x^2y^3', 'y^3x^2', True),
+    ('x^ {-1}', '\\frac1x', True),
+    ('x^{2} ^{2}', 'x^4', False),
+    ('\\alpha+\\beta', '\\beta+\\alpha', True),
+    ('\\Alpha+1', '1+\\Alpha', True),
+    ('\\theta + x', 'x+\\theta', True),
+    ('1,000,000', '1000000', True),
+    ('1,0000', '10000', False),
+    ('5.00000001', '5', True),
+    ('5.0000001', '5', False),
+    ('x+1', 'y+1', False),
+    ('xy+1', '1+yx', True),
+    ('\\frac{x}{y}', '\\frac{2x}{2y}', False),
+    ('(5)', '5', True),
+    ('[5]', '(5)', True),
+    ('5', '(5)', True),
+    ('\\{1, \\frac12\\}', '\\{1, 0.5\\}', False),
+    ('((1,2),3)', '((1,2),3)', True),
+    ('((1,2),3)', '((1, 2), 3)', True),
+    ('(\\frac12, [1,2])', '(0.5,[1,2])', False),
+    ('x \\in [1,2]', '[1,2]', False),
+    ('(1,2)', '(1,2.0)', True),
+    ('[1, 2)', '[1,2.0)', True),
+    ('(1, 1000)', '(1, 1,000)', True),
+    ('5.0000002', '5', False),
+    ('\\frac{1}{2}, 3', '0.5, 3', False),
+    ('2,3', '2, 3', True),
+    ('1,2', '2,1', False),
+    ('(-\\infty, 0) \\cup (1, \\infty)', '(-\\infty,0)\\cup(1,\\infty)', True),
+    ('(0,\\frac{1}{2}]', '(0,0.5]', True),
+    ('\\left[ 1, 2 \\right)', '[1,2)', True),
 ]
 # Where grader.py is wrong and this grader is right on purpose: latex2text renders `\\frac{x+1}{2}`
 # as `x+1/2` and both roots as the same symbol, sympy reads `0.1` as a float and `pi2` as a name.
@@ -290,6 +355,9 @@ GRADER_PY_WRONG = {
     ("30°", "30"): "the degree sign is not normalised (`30^\\circ` is)",
     ("\\begin{pmatrix} 0.5 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}\\frac12\\\\2\\end{pmatrix}"):
         "matrices compared as text, not element by element",
+    ("\\frac{(x+1)^2-x^2-2x}{2}", "0.5"): "the numerator rendered without parentheses",
+    ("0.5", "\\frac{(x+1)^2-x^2-2x}{2}"): "the numerator rendered without parentheses",
+    ("\\frac{x}{y}", "\\frac{2x}{2y}"): "`2x/2y` read as (2x/2)*y",
 }
 
 
@@ -462,3 +530,63 @@ def test_an_answer_past_the_length_cap_equals_only_itself():
   assert grade_answer(long, long, mode="math_verify")
   assert not grade_answer(long + "0", long) and not grade_answer(long, long + "0")
   assert not grade_answer("1" + " " * MAX_ANSWER + "1", "11")  # normalising would say equal
+
+
+# Answers whose numeric fingerprints prove them different: grouping never runs the grader on them.
+PROVED_DIFFERENT = [
+    ("2", "3"), ("(1,2)", "(1,3)"), ("[1,2)", "(1,2)"), ("(1,2)", "(1,2,3)"), ("(1, 1,000)", "(1,2)"),
+    ("(1,2)", "1,2"), ("x+1", "x+2"), ("x", "y"), ("\\frac{1}{2}", "0.6"),
+    ("\\sqrt{2}", "1.41"), ("1000000", "1000010"),
+    ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}1\\\\3\\end{pmatrix}"),
+]
+# Pairs it cannot tell apart (equal values, or unknown ones: bare lists, sets and unions are
+# compared as a whole, as grader.py does), and pairs the grader calls equal.
+MAY_BE_EQUAL = [("1,2", "1,3"), ("(1,2) \\cup (3,4)", "(1,2) \\cup (3,5)"),
+                ("\\frac12", "0.5"), ("x+1", "1+x"), ("5", "(5)"), ("1000000", "1000000.5"),
+                ("\\{1,2\\}", "\\{2,1\\}"), ("2\\cdot 3", "6")]
+
+
+def test_answer_forms_prove_different_values_apart_and_keep_equal_ones_together():
+  """`forms_may_be_equal` is grouping's shortcut past the grader: False exactly where the
+  fingerprints (shape, bracket characters, one value per element at a fixed point, relative
+  tolerance 1e-6) differ, True for the rest. Fingerprints checked whole on each shape."""
+  for a, b in PROVED_DIFFERENT:
+    fa, fb = grading.answer_form(a), grading.answer_form(b)
+    assert not grading.forms_may_be_equal(fa, fb) and not grading.forms_may_be_equal(fb, fa), (a, b)
+    assert grading.forms_may_be_equal(fa, fb, mode="math_verify"), (a, b)  # its own rules: unsure
+    assert not grading.grade_answer(a, b)
+  for a, b in MAY_BE_EQUAL:
+    assert grading.forms_may_be_equal(grading.answer_form(a), grading.answer_form(b)), (a, b)
+  x = complex(1851 / 997)  # x at the fixed point (1000 + 37 * (ord("x") % 97)) / 997
+  assert grading.answer_form("x").values == ("element", x)
+  assert grading.answer_form("(1,2]").values == ("tuple", "(", "]", (1 + 0j, 2 + 0j))
+  assert grading.answer_form("(1, 1,000)").values == ("tuple", "(", ")", (1 + 0j, 1000 + 0j))
+  assert grading.answer_form("1, \\frac{1}{2}").values == ("element", None)
+  assert grading.answer_form("\\begin{pmatrix}1 & x\\\\2 & 3\\end{pmatrix}").values == (
+      "matrix", ((1 + 0j, x), (2 + 0j, 3 + 0j)))
+  assert grading.answer_form("[1,2] \\cup \\{5\\}").values == ("element", None)
+  form = grading.answer_form("\\frac{3}{4}")
+  assert (form.raw, form.mathd, form.norm) == ("\\frac{3}{4}", "\\frac{3}{4}", "\\frac{3}{4}")
+  assert grading.answer_form("1/0").values == ("element", None)  # no value: unknown, not refused
+  long = "1" * (grading.MAX_ANSWER + 1)
+  assert grading.answer_form(long) == grading.AnswerForm(long, "", "", None)
+  assert grading.forms_may_be_equal(grading.answer_form(long), grading.answer_form(" " + long))
+  assert not grading.forms_may_be_equal(grading.answer_form(long), grading.answer_form(long + "2"))
+
+
+def test_math_verify_mode_reads_latex_only(monkeypatch):
+  """math_verify's plain-expression extractor (sympy's parse_expr on the text) is never used: it
+  would read `2**3` as 2. `\\lambda` is LaTeX, not Python, so it is graded; Python-looking text
+  is refused before the library sees it. Without the package the error names it."""
+  assert grade_answer("2", "2**3", mode="math_verify") is False
+  assert grade_answer("2**3", "2", mode="math_verify") is False
+  assert grade_answer("\\lambda+1", "1+\\lambda", mode="math_verify") is True
+  assert grade_answer("$\\frac12$", "0.5", mode="math_verify") is True
+  assert grade_answer("\\boxed{5}", "5", mode="math_verify") is True
+  for text in ("__import__('os')", "lambda: 1", "x; 1", "os.getcwd()"):
+    assert grading._PYTHONISH.search(text), text
+  assert not grading._PYTHONISH.search("\\lambda x + \\exp(2)")
+  monkeypatch.setitem(__import__("sys").modules, "math_verify", None)
+  with pytest.raises(ImportError, match=r"^mode='math_verify' needs the math-verify package "
+                                        r"\(pip install math-verify\)$"):
+    grade_answer("1", "2", mode="math_verify")
