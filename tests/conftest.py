@@ -97,6 +97,18 @@ removed once unused for a day. (Built in place rather
   return out
 
 
+@functools.cache
+def _jitted_call():
+  from flax import nnx
+  return nnx.jit(lambda model, *args: model(*args))
+
+
+def forward(model, *args):
+  """`model(*args)` as one jitted program, compiled once per model structure and input shape: how
+  tests run a forward pass (run eagerly, every operation is its own XLA compile per shape)."""
+  return _jitted_call()(model, *args)
+
+
 @pytest.fixture(scope="session")
 def tiny_cfg():
   from prm_jax.model import ModelConfig

@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 from prm_jax import sharding
 from prm_jax.model.hf_import import SafetensorsFolder, config_from_hf, load_hf_causal_lm
-from tests.conftest import HF_FIXTURES
+from tests.conftest import HF_FIXTURES, forward
 
 CASES = sorted(p.name for p in HF_FIXTURES.iterdir() if (p / "expected.npz").exists())  # causal LMs
 
@@ -43,7 +43,7 @@ def test_fixture_set_covers_the_required_variants():
 def test_logits_match_transformers(name, scan):
   x, want = expected(name)
   model = load_hf_causal_lm(str(HF_FIXTURES / name), dtype="float32", scan_layers=scan)
-  got = np.asarray(model(x))
+  got = np.asarray(forward(model, x))
   assert got.shape == want.shape
   assert np.abs(got - want).max() <= 1e-4
 
@@ -104,7 +104,7 @@ def test_bf16_checkpoint_loads_into_fp32(tmp_path):
   dst = copy_fixture(tmp_path, "qwen2_gqa_tied",
                      edit=lambda t: {k: v.astype(ml_dtypes.bfloat16) for k, v in t.items()})
   x, want = expected("qwen2_gqa_tied")
-  got = np.asarray(load_hf_causal_lm(str(dst))(x))
+  got = np.asarray(forward(load_hf_causal_lm(str(dst)), x))
   err = np.abs(got - want).max()
   assert 0 < err < 0.1 * np.abs(want).max()  # bf16 rounding of the weights, nothing worse
 

@@ -8,7 +8,7 @@ from flax import nnx
 
 from prm_jax.model import CausalLM, KVCache, ModelConfig, RewardModel
 from prm_jax.model.hf_import import load_hf_causal_lm
-from tests.conftest import HF_FIXTURES
+from tests.conftest import HF_FIXTURES, forward
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +18,18 @@ def lm(tiny_cfg):
 
 def tokens(b, t, seed=1, vocab=128):
   return jax.random.randint(jax.random.key(seed), (b, t), 0, vocab)
+
+
+# Every forward pass below is jitted (conftest.forward and these): one program per model and
+# shape, instead of an XLA compile per operation and shape when a model runs eagerly.
+@nnx.jit
+def decode(model, x, cache, positions=None):
+  return model.decode(x, cache, positions)
+
+
+@nnx.jit
+def hidden(model, x):
+  return model.hidden(x) if isinstance(model, RewardModel) else model.transformer(x)[0]
 
 
 def test_config_rejects_bad_values():
@@ -35,11 +47,11 @@ def test_config_rejects_bad_values():
 def test_kv_cache_decoding_equals_full_forward(tiny_cfg, scan):
   model = CausalLM(tiny_cfg.replace(scan_layers=scan), rngs=nnx.Rngs(0))
   x = tokens(2, 9)
-  full = model(x)
+  full = forward(model, x)
   cache = KVCache.init(model.cfg, 2, 16)
   outs = []
   for lo, hi in [(0, 5), (5, 6), (6, 7), (7, 9)]:  # prefill, then one token at a time, then two
-    logits, cache = model.decode(x[:, lo:hi], cache)
+    logits, cache = decode(model, x[:, lo:hi], cache)
     outs.append(logits)
   np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-5)
   assert int(cache.index) == 9
@@ -53,11 +65,12 @@ def test_left_padded_prompt_in_cache_is_invisible(lm):
   padded = jnp.concatenate([jnp.zeros((1, pad), x.dtype), x], axis=1)
   positions = jnp.concatenate([jnp.full((1, pad), -1), jnp.arange(6)[None]], axis=1)
   cache = KVCache.init(lm.cfg, 1, 12)
-  logits, cache = lm.decode(padded, cache, positions)
-  np.testing.assert_allclose(logits[:, pad:], lm(x), atol=1e-5)
+  logits, cache = decode(lm, padded, cache, positions)
+  np.testing.assert_allclose(logits[:, pad:], forward(lm, x), atol=1e-5)
   nxt = tokens(1, 1, seed=7)
-  step, _ = lm.decode(nxt, cache, jnp.full((1, 1), 6))
-  np.testing.assert_allclose(step[:, 0], lm(jnp.concatenate([x, nxt], 1))[:, -1], atol=1e-5)
+  step, _ = decode(lm, nxt, cache, jnp.full((1, 1), 6))
+  np.testing.assert_allclose(step[:, 0], forward(lm, jnp.concatenate([x, nxt], 1))[:, -1],
+                             atol=1e-5)
 
 
 def test_packed_rows_equal_separate_rows(lm):
@@ -65,18 +78,18 @@ def test_packed_rows_equal_separate_rows(lm):
   packed = jnp.concatenate([a, b, jnp.zeros((1, 3), a.dtype)], axis=1)
   seg = jnp.array([[1] * 4 + [2] * 5 + [0] * 3])
   pos = jnp.array([list(range(4)) + list(range(5)) + [0, 1, 2]])
-  out = lm(packed, pos, seg)
-  np.testing.assert_allclose(out[:, :4], lm(a), atol=1e-5)
-  np.testing.assert_allclose(out[:, 4:9], lm(b), atol=1e-5)
+  out = forward(lm, packed, pos, seg)
+  np.testing.assert_allclose(out[:, :4], forward(lm, a), atol=1e-5)
+  np.testing.assert_allclose(out[:, 4:9], forward(lm, b), atol=1e-5)
   # Without segment ids the second solution would see the first: the test can fail.
-  assert np.abs(lm(packed)[:, 4:9] - lm(b)).max() > 1e-3
+  assert np.abs(forward(lm, packed)[:, 4:9] - forward(lm, b)).max() > 1e-3
 
 
 def test_sliding_window_limits_attention(tiny_cfg):
   model = CausalLM(tiny_cfg.replace(sliding_window=3, num_layers=1), rngs=nnx.Rngs(0))
   x = tokens(1, 8)
   y = x.at[0, 0].set((x[0, 0] + 1) % 128)
-  diff = np.abs(np.asarray(model(x) - model(y)))[0].max(-1)
+  diff = np.abs(np.asarray(forward(model, x) - forward(model, y)))[0].max(-1)
   assert diff[2] > 1e-4          # token 2 still sees token 0
   assert diff[3:].max() == 0.0   # one layer, window 3: tokens >= 3 do not
 
@@ -86,7 +99,7 @@ def test_bf16_compute_with_fp32_master_weights(tiny_cfg):
   bf16 = CausalLM(tiny_cfg.replace(dtype="bfloat16"), rngs=nnx.Rngs(0))
   assert bf16.transformer.layers[0].attn.q_proj[...].dtype == jnp.float32
   x = tokens(2, 8)
-  a, b = f32(x), bf16(x)
+  a, b = forward(f32, x), forward(bf16, x)
   assert b.dtype == jnp.float32  # logits always come back in fp32
   err = float(jnp.abs(a - b).max())
   assert 0 < err < 0.05 * float(jnp.abs(a).max()) + 1e-2
@@ -102,7 +115,7 @@ def test_scan_and_remat_match_layer_loop_with_gradients():
     model = load_hf_causal_lm(str(path), **kw)
     graphdef, state = nnx.split(model)
     loss = lambda s: jnp.mean(jax.nn.logsumexp(nnx.merge(graphdef, s)(x), -1))
-    grads.append(np.asarray(jax.grad(loss)(state)["transformer"]["embed"][...]))
+    grads.append(np.asarray(jax.jit(jax.grad(loss))(state)["transformer"]["embed"][...]))
   for g in grads[1:]:
     np.testing.assert_allclose(g, grads[0], atol=1e-6)
   assert np.abs(grads[0]).max() > 0
@@ -112,7 +125,7 @@ def test_reward_model_heads_and_initialisation(lm):
   x = tokens(2, 7)
   for kind, k in (("orm", 1), ("prm", 3)):
     rm = RewardModel.from_lm(lm, kind, rngs=nnx.Rngs(5))
-    assert rm(x).shape == (2, 7, k)
-    np.testing.assert_allclose(rm.hidden(x), lm.transformer(x)[0], atol=0)
+    assert forward(rm, x).shape == (2, 7, k)
+    np.testing.assert_allclose(hidden(rm, x), hidden(lm, x), atol=0)
   with pytest.raises(ValueError, match="reward head kind 'value'"):
     RewardModel(lm.cfg, "value", rngs=nnx.Rngs(0))

@@ -21,7 +21,7 @@ from prm_jax.scoring import Scorer
 from prm_jax import sharding
 from prm_jax.tokenizer import HFTokenizer, load_tokenizer
 from prm_jax.train.loop import train
-from tests.conftest import FIXTURES, HF_FIXTURES
+from tests.conftest import FIXTURES, HF_FIXTURES, forward
 
 PRM_JAX = str(pathlib.Path(sys.executable).parent / "prm-jax")
 QWEN = HF_FIXTURES / "qwen2_bpe"
@@ -184,8 +184,8 @@ def test_export_round_trips_a_generator_and_an_orm(tmp_path):
   summary = export(gen.model, gen.tokenizer, str(tmp_path / "gen"))
   assert summary["architecture"] == "Qwen2ForCausalLM" and summary["files"] == ["model.safetensors"]
   x = np.asarray(gen.tokenizer.encode("What is 2 plus 3?\n2 + 3 = 5."))[None]
-  np.testing.assert_allclose(load_hf_causal_lm(str(tmp_path / "gen"), mesh=mesh)(x),
-                             gen.model(x), atol=1e-5)
+  np.testing.assert_allclose(forward(load_hf_causal_lm(str(tmp_path / "gen"), mesh=mesh), x),
+                             forward(gen.model, x), atol=1e-5)
   orm = Run.open(f"hf:{HF_FIXTURES / 'llama_seq_cls_orm'}", mesh, base.RULES)
   orm.model.head_b.value = orm.model.head_b.value + 0.7  # as if trained by prm_jax
   summary = export(orm.model, orm.tokenizer, str(tmp_path / "orm"))
@@ -263,5 +263,5 @@ def test_a_sentencepiece_run_exports_as_llama(runs, tmp_path):
   mesh = sharding.make_mesh(c.mesh)
   gen = Run.open(runs["sft"], mesh, base.RULES)
   x = np.asarray(gen.tokenizer.encode("Add.\n3+4=7\n"))[None]
-  np.testing.assert_allclose(load_hf_causal_lm(str(tmp_path / "sft"), mesh=mesh)(x),
-                             gen.model(x), atol=1e-5)
+  np.testing.assert_allclose(forward(load_hf_causal_lm(str(tmp_path / "sft"), mesh=mesh), x),
+                             forward(gen.model, x), atol=1e-5)

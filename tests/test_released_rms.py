@@ -14,7 +14,7 @@ from prm_jax.data.benchmarks import read_processbench
 from prm_jax.model import HeadSpec, RewardModel
 from prm_jax.model.hf_import import load_hf_reward_model
 from prm_jax.scoring import Scorer
-from tests.conftest import FIXTURES, HF_FIXTURES
+from tests.conftest import FIXTURES, HF_FIXTURES, forward
 
 CASES = {  # fixture -> score.convention
     "qwen2_token_cls": "", "qwen2_process_rm": "", "qwen2_lm_prm": "lm", "llama_seq_cls_orm": ""}
@@ -55,10 +55,10 @@ def test_load_hf_reward_model_gives_per_token_logits_and_refuses_the_unknown(tmp
   mesh = sharding.make_mesh((8, 1, 1))
   rm = load_hf_reward_model(str(HF_FIXTURES / "qwen2_process_rm"), mesh=mesh, rules=base.RULES)
   assert isinstance(rm, RewardModel) and rm.spec == HeadSpec(2, hidden=True)
-  logits = rm(np.arange(12, dtype=np.int32).reshape(2, 6))
+  logits = forward(rm, np.arange(12, dtype=np.int32).reshape(2, 6))
   assert logits.shape == (2, 6, 2)
   orm = load_hf_reward_model(str(HF_FIXTURES / "llama_seq_cls_orm"), mesh=mesh, rules=base.RULES)
-  assert orm.kind == "orm" and orm(np.zeros((1, 4), np.int32)).shape == (1, 4, 1)
+  assert orm.kind == "orm" and forward(orm, np.zeros((1, 4), np.int32)).shape == (1, 4, 1)
   bad = tmp_path / "bad"
   bad.mkdir()
   cfg = json.loads((HF_FIXTURES / "qwen2_token_cls" / "config.json").read_text())

@@ -11,6 +11,7 @@ from prm_jax.configs import base
 from prm_jax import sharding
 from prm_jax.model import CausalLM
 from prm_jax.train import losses, trainer
+from tests.conftest import forward
 
 RULES = base.RULES
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 4, 2)]
@@ -50,7 +51,7 @@ def reference(tiny_cfg):
   one = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   model = sharding.init_sharded(lambda: CausalLM(tiny_cfg, rngs=nnx.Rngs(3)), one, RULES)
   x = jax.random.randint(jax.random.key(0), (8, 16), 0, tiny_cfg.vocab_size)
-  return model, x, np.asarray(model(x))
+  return model, x, np.asarray(forward(model, x))
 
 
 def sharded_forward(model, mesh):
