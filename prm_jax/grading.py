@@ -479,10 +479,15 @@ def parse_expression(plain: str) -> sympy.Expr:
 
 # ----------------------------------------------------------------------------- equivalence
 
+def _number(s: str) -> float:
+  """`float` of a number written with thousands separators (ValueError if it is none)."""
+  return float(re.sub(r"(\d),(\d{3})(?=$|\D)", r"\1\2", s))
+
+
 def _is_int_str(s: str) -> bool:
   """An integer written as a number (`5`, `5.0`, `1,000`): what grader.py's integer rule sees."""
   try:
-    f = float(re.sub(r"(\d),(\d{3})(?=$|\D)", r"\1\2", s))
+    f = _number(s)
   except ValueError:
     return False
   return math.isfinite(f) and abs(f - round(f)) <= 1e-7
@@ -554,8 +559,11 @@ def _exactly_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
   return sympy.simplify(a - b) == 0
 
 
-def _element_equal(g: str, t: str) -> bool:
-  if g == t:
+def _element_equal(g: str, t: str, whole: bool = True) -> bool:
+  """grader.py's comparison of two normalised answers (`whole`) or of two elements of a tuple:
+  a whole answer also equals one that renders to the same text; elements are only ever compared
+  as fractions, integers or by sympy (so `(abc)` is not `abc`, and `(52_8)` is `528`)."""
+  if whole and g == t:
     return True
   if not g or not t:
     return False
@@ -564,12 +572,14 @@ def _element_equal(g: str, t: str) -> bool:
   except (ValueError, IndexError):
     return False
   gp_c, tp_c = gp.replace(" ", ""), tp.replace(" ", "")
-  if gp_c == tp_c:
+  if whole and gp_c == tp_c:
     return True
   if _FRAC.match(gp_c) and _FRAC.match(tp_c):  # two plain fractions: as written (2/4 is not 1/2)
-    return False
+    return gp_c == tp_c
   if _is_int_str(gp_c) != _is_int_str(tp_c):
     return False  # an integer answer must be given as an integer (not 10/2, not \\sqrt{25})
+  if _is_int_str(gp_c):  # both: their values (Python's float reads `52_8` as 528, as grader.py)
+    return _number(gp_c) == _number(tp_c)
   if not _may_evaluate(g, t):
     return False
   try:
@@ -615,7 +625,9 @@ def _grade_normalized(g: str, t: str) -> bool:
   ge, te = _split_tuple(g), _split_tuple(t)
   if len(te) > 1 and (g[0] != t[0] or g[-1] != t[-1]):
     return False  # (a,b) is not [a,b]
-  return len(ge) == len(te) and all(_element_equal(a, b) for a, b in zip(ge, te))
+  if len(te) == 1 and len(ge) == 1:
+    return _element_equal(ge[0], te[0], whole=(ge[0], te[0]) == (g, t))
+  return len(ge) == len(te) and all(_element_equal(a, b, whole=False) for a, b in zip(ge, te))
 
 
 class _Timeout(BaseException):
