@@ -616,3 +616,14 @@ def test_agrees_with_grader_py_on_rewritten_math_answers():
   differ = {(r["given"], r["truth"]) for r in rows
             if grade_answer(r["given"], r["truth"]) != r["grader_py"]}
   assert differ == set(REWRITE_DIVERGENCES), sorted(differ ^ set(REWRITE_DIVERGENCES))[:10]
+
+
+def test_strip_string_is_the_math_releases_normalisation():
+  """MATH's `_strip_string` (Hendrycks et al.) output for 5,774 answers and rewritings (see
+  tests/fixtures/grader_py/PROVENANCE.md for the 384 it differs on purpose)."""
+  rows = [json.loads(l) for l in
+          (ROOT / "tests" / "fixtures" / "grader_py" / "strip_string.jsonl").open()]
+  assert len(rows) >= 5700
+  wrong = [(r["answer"], r["hendrycks"], grading.strip_string(r["answer"])) for r in rows
+           if grading.strip_string(r["answer"]) != r["hendrycks"]]
+  assert not wrong, wrong[:5]
