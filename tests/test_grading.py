@@ -2,11 +2,13 @@
 untrusted input, and the time bound."""
 
 import json
+import math
 import os
 import pathlib
 import time
 
 import pytest
+import sympy
 
 from prm_jax import grading
 from prm_jax.grading import extract_answer, extract_boxed, grade_answer
@@ -627,3 +629,49 @@ def test_strip_string_is_the_math_releases_normalisation():
   wrong = [(r["answer"], r["hendrycks"], grading.strip_string(r["answer"])) for r in rows
            if grading.strip_string(r["answer"]) != r["hendrycks"]]
   assert not wrong, wrong[:5]
+
+
+@pytest.mark.parametrize("latex,value", [
+    ("\\sin(0)", 0), ("\\cos(0)", 1), ("\\tan(0)", 0), ("\\log(1)", 0), ("\\ln(1)", 0),
+    ("\\exp(0)", 1), ("3\\times 4", 12), ("3\\cdot 4", 12), ("6\\div 3", 2), ("\\sqrt[3]{8}", 2),
+    ("\\sqrt{9}", 3), ("\\frac{\\sqrt{4}}{2}", 1), ("\\pi-\\pi", 0), ("2^{3}", 8)])
+def test_latex_reads_as_the_arithmetic_it_writes(latex, value):
+  """The whitelist language: functions, products, quotients and roots mean what they say."""
+  assert grading.parse_expression(grading.latex_to_plain(latex)) == value
+
+
+def test_malformed_latex_is_refused_by_name():
+  for latex, what in (("\\frac{1}", "unbalanced \\\\frac"), ("\\frac{1}{2", "unbalanced \\\\frac"),
+                      ("\\sqrt[3]", "unbalanced \\\\sqrt"), ("\\sqrt{2", "unbalanced \\\\sqrt"),
+                      ("{1", "unbalanced \\{")):
+    with pytest.raises(ValueError, match=f"^{what}$"):
+      grading.latex_to_plain(latex)
+  with pytest.raises(grading._Refused):
+    grading.parse_expression(grading.latex_to_plain("x_{1}"))
+
+
+def test_the_parser_limits_hold_at_their_boundaries():
+  """Each structural bound of `parse_expression` at its edge: 200 tokens, 59 nested parentheses,
+  factorials of 0..300, exponents up to 400 and powers up to 4000 bits; each refusal names why."""
+  P, Refused = grading.parse_expression, grading._Refused
+
+  def refused(text):
+    with pytest.raises(Refused) as e:
+      P(text)
+    return str(e.value)
+  assert len(grading._tokens("-1" + "+1" * 99)) == 200 and P("-1" + "+1" * 99) == 98
+  assert refused("1" + "+1" * 100) == "too many tokens"
+  assert P("(" * 59 + "1" + ")" * 59) == 1
+  assert refused("(" * 60 + "1" + ")" * 60) == "nesting too deep"
+  assert P("0!") == 1 and P("3!!") == 720 and P("300!") == math.factorial(300)
+  for text in ("301!", "(-1)!", "2.5!"):
+    assert refused(text) == "factorial of a non-integer or too large", text
+  assert P("2^400") == 2**400 and P("2^-400") == sympy.Rational(1, 2**400)
+  assert refused("2^401") == refused("2^-401") == "exponent too large"
+  assert P("1024^400") == 1024**400 and refused("1025^400") == "power too large"
+  x = sympy.Symbol("x")
+  assert refused("x^(2^x)") == "symbolic tower"
+  assert P("2^(2^2)") == 16 and P("x^(2^2)") == x**4 and P("2**3") == 8
+  assert P("pi") == sympy.pi and P("xpi") == sympy.pi * x and P("sin x") == sympy.sin(x)
+  assert refused("(1") == "expected ), got end" and refused("1+") == "unexpected end"
+  assert refused("x_1") == "unexpected character '_'"
