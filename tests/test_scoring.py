@@ -139,6 +139,8 @@ def test_contiguous_layouts_at_many_solutions_and_runs_one_step_past_a_window():
     lengths[rng.integers(0, n)] = longest
     ids = np.repeat(np.arange(n), lengths).astype(np.int32)
     probs = rng.uniform(-0.05, 1.05, size=len(ids)).astype(np.float32)
+    long_run = np.isin(ids, np.flatnonzero(lengths == longest))
+    probs[long_run] = rng.uniform(0.5, 1.0, size=int(long_run.sum()))  # no zero to hide a step
     probs[np.cumsum(lengths)[lengths == longest] - 1] = 0.01  # the long run's last step
     clipped = np.clip(probs, 0.0, 1.0)
     for layout in ("sorted", "grouped", "any"):
@@ -169,12 +171,23 @@ def test_the_sorted_layout_runs_the_scatter_free_start():
   """What `layout` promises buys: sorted owners count steps with one sorted scatter and find run
   starts by a prefix sum (no scatter-min, no XLA cumsum); grouped ones need the scatter-min;
   padding ids are dropped by the scatters themselves. Empty input keeps the documented scores."""
+  def eqns(jaxpr):  # every equation, inside nested jits and loops too
+    for e in jaxpr.eqns:
+      yield e
+      for v in e.params.values():
+        for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+          if isinstance(sub, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
+            yield from eqns(getattr(sub, "jaxpr", sub))
+
   def scatters(layout):
     jaxpr = jax.make_jaxpr(lambda p, i: aggregate_step_scores(p, i, 100, "prod", layout))(
         jnp.ones(64), jnp.zeros(64, jnp.int32)).jaxpr
-    assert not any("cum" in e.primitive.name for e in jaxpr.eqns), layout
+    names = [e.primitive.name for e in eqns(jaxpr)]
+    assert ("dot_general" in names) == (layout == "sorted"), layout  # the prefix sum by matmul
+    assert not any("cum" in n for n in names), (layout, names)
+    assert not any(e.params.get("name") == "cumsum" for e in eqns(jaxpr)), layout
     return [(e.primitive.name, e.params["indices_are_sorted"], e.params["mode"])
-            for e in jaxpr.eqns if "scatter" in e.primitive.name]
+            for e in eqns(jaxpr) if "scatter" in e.primitive.name]
   drop = jax.lax.GatherScatterMode.FILL_OR_DROP
   assert scatters("sorted") == [("scatter-add", True, drop)]
   assert scatters("grouped") == [("scatter-add", False, drop), ("scatter-min", False, drop)]
