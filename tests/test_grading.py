@@ -538,7 +538,8 @@ def test_an_answer_past_the_length_cap_equals_only_itself():
 # Answers whose numeric fingerprints prove them different: grouping never runs the grader on them.
 PROVED_DIFFERENT = [
     ("2", "3"), ("(1,2)", "(1,3)"), ("[1,2)", "(1,2)"), ("(1,2)", "(1,2,3)"), ("(1, 1,000)", "(1,2)"),
-    ("(1,2)", "1,2"), ("x+1", "x+2"), ("x", "y"), ("\\frac{1}{2}", "0.6"),
+    ("(1,2)", "1,2"), ("2", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"), ("0", "0.0000015"),
+    ("x+1", "x+2"), ("x", "y"), ("\\frac{1}{2}", "0.6"),
     ("\\sqrt{2}", "1.41"), ("1000000", "1000010"),
     ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}1\\\\3\\end{pmatrix}"),
 ]
@@ -546,7 +547,9 @@ PROVED_DIFFERENT = [
 # compared as a whole, as grader.py does), and pairs the grader calls equal.
 MAY_BE_EQUAL = [("1,2", "1,3"), ("(1,2) \\cup (3,4)", "(1,2) \\cup (3,5)"),
                 ("\\frac12", "0.5"), ("x+1", "1+x"), ("5", "(5)"), ("1000000", "1000000.5"),
-                ("\\{1,2\\}", "\\{2,1\\}"), ("2\\cdot 3", "6")]
+                ("\\{1,2\\}", "\\{2,1\\}"), ("2\\cdot 3", "6"),
+                ("0.0000005", "0.0000001"),  # 1e-6 absolute below 1, relative above
+                ("5", "x_1"), ("x_1", "5")]  # one value unknown (`_` is not parsed): may be equal
 
 
 def test_answer_forms_prove_different_values_apart_and_keep_equal_ones_together():
@@ -681,3 +684,34 @@ def test_the_parser_limits_hold_at_their_boundaries():
   assert P("pi") == sympy.pi and P("xpi") == sympy.pi * x and P("sin x") == sympy.sin(x)
   assert refused("(1") == "expected ), got end" and refused("1+") == "unexpected end"
   assert refused("x_1") == "unexpected character '_'"
+
+
+def test_answer_forms_at_their_edges(monkeypatch):
+  """An answer of exactly MAX_ANSWER characters is still normalised, one longer is not; an answer
+  that normalises to nothing has no fingerprint; one whose normalisation runs out of time gets the
+  empty form (equal only to itself), as grade_answer would treat it."""
+  edge = "1" * grading.MAX_ANSWER
+  assert grading.answer_form(edge).norm == edge and grading.answer_form(edge).values is not None
+  assert grading.forms_may_be_equal(grading.answer_form(edge), grading.answer_form(edge + " "))
+  assert not grading.forms_may_be_equal(grading.answer_form(edge), grading.answer_form("1" + edge))
+  assert not grading.forms_may_be_equal(grading.answer_form("1" + edge), grading.answer_form(edge))
+  assert grading.answer_form("$$") == grading.AnswerForm("$$", "", "", None)
+  same_mathd = (grading.AnswerForm("a", "m", "x", ("element", 1 + 0j)),
+                grading.AnswerForm("b", "m", "y", ("element", 2 + 0j)))
+  assert grading.forms_may_be_equal(*same_mathd)  # one equal normal form is enough
+  unknown = grading.AnswerForm("c", "n", "z", None)
+  assert grading.forms_may_be_equal(same_mathd[0], unknown)
+  assert grading.forms_may_be_equal(unknown, same_mathd[0])
+
+  def too_slow(_):
+    raise grading._Timeout()
+  monkeypatch.setattr(grading, "normalize", too_slow)
+  assert grading.answer_form("\\frac12") == grading.AnswerForm("\\frac12", "", "", None)
+
+
+def test_tuple_elements_need_the_grader_not_equal_text():
+  """Inside a tuple grader.py never compares text: `abc` is not evaluated (three letters), so
+  `(abc,1)` is not `(abc,1.0)` although each element reads the same; `(x,1)` is. A tuple never
+  equals one of its elements."""
+  assert not grade_answer("(abc,1)", "(abc,1.0)") and grade_answer("(x,1)", "(x,1.0)")
+  assert not grade_answer("(1,2)", "1") and not grade_answer("1", "(1,2)")
