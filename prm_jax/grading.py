@@ -224,8 +224,9 @@ def normalize(expr: str | None) -> str | None:
   s = s.strip()
   if s.startswith("{") and s.endswith("}") and _brace_content(s, 0) == (s[1:-1], len(s)):
     s = s[1:-1]
-  if "=" in s and len(s.split("=")[0].strip()) <= 2 and "\\" not in s.split("=")[0]:
-    s = s.split("=", 1)[1]
+  lhs = s.split("=")[0]
+  if "=" in s and len(lhs.strip()) <= 2 and "\\" not in lhs and lhs[-1:] not in ("<", ">", "!"):
+    s = s.split("=", 1)[1]  # `x = 5`, not `x >= 5` (`\\ge` was rewritten to `>=` above)
   s = _fix_fracs(s)
   if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", s.replace(" ", "")):
     s = s.replace(",", "")

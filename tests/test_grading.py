@@ -715,3 +715,23 @@ def test_tuple_elements_need_the_grader_not_equal_text():
   equals one of its elements."""
   assert not grade_answer("(abc,1)", "(abc,1.0)") and grade_answer("(x,1)", "(x,1.0)")
   assert not grade_answer("(1,2)", "1") and not grade_answer("1", "(1,2)")
+
+
+@pytest.mark.parametrize("answer,normal", [
+    ("\\mathrm{cm}", "cm"), ("\\mathbf{5}", "5"), ("\\textnormal{odd}", "odd"), ("\\textbf{A}", "a"),
+    ("\\mbox{7}", "7"), ("\\boxed{3}", "3"), ("\\dfrac{1}{2}", "\\frac{1}{2}"),
+    ("\\tfrac{1}{2}", "\\frac{1}{2}"), ("1 or 2", "1,2"), ("1 and 2", "1,2"),
+    ("x \\le 3", "x<=3"), ("x\\ge 3", "x>=3"), ("x \\lt 3", "x<3"), ("x \\gt 3", "x>3"),
+    ("x>=3", "x>=3"), ("x != 5", "x!=5"), ("2 million", "2*10^6"), ("3 billion", "3*10^9"),
+    ("1 trillion", "1*10^12"), ("{5}", "5"), ("{1}{2}", "{1}{2}"), ("x=5", "5"), ("ab=6", "6"),
+    ("abc=6", "abc=6"), ("\\alpha=2", "\\alpha=2"), ("x=y=3", "y=3"), ("1,000,000", "1000000"),
+    ("12,345.5", "12345.5"), ("5.0000001", "5.0000001"), ("5.00000001", "5"),
+    ("999999999999999.0", "999999999999999"), ("1000000000000000.0", "1000000000000000.0"),
+    ("50\\%", "50"), ("\\$5", "5"), ("1\\!000", "1000"), ("1\\,000", "1000"), ("1\\;000", "1000"),
+    ("1\\:000", "1000"), ("1\\ 000", "1000"), ("1~000", "1000"), ("\\\\ 2", "\\\\2")])
+def test_normalize_rewrites(answer, normal):
+  """Each rewrite of the second normalisation (grader.py's `_normalize`, LaTeX kept): wrappers,
+  fraction spellings, `or`/`and` lists, relations (`x \\ge 3` keeps its `x`), number words, outer
+  braces, short `x =` prefixes, thousands separators, integral floats within 1e-7 below 1e15,
+  percent and money signs, LaTeX spacing."""
+  assert grading.normalize(answer) == normal
