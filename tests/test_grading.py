@@ -735,3 +735,26 @@ def test_normalize_rewrites(answer, normal):
   braces, short `x =` prefixes, thousands separators, integral floats within 1e-7 below 1e15,
   percent and money signs, LaTeX spacing."""
   assert grading.normalize(answer) == normal
+
+
+@pytest.mark.parametrize("answer,normal", [
+    # as the MATH release's _strip_string returns them (run on 3 Dec 2026)
+    ("50\\%", "50"), ("1\n2", "12"), ("1\\!000", "1000"), ("a\\\\b", "a\\b"), ("90^{\\circ}", "90"),
+    ("90^\\circ", "90"), ("\\$5", "5"), ("x = .5", "\\frac{1}{2}"), ("\\frac{.5}{2}", "\\frac{0.5}{2}"),
+    (".5", "\\frac{1}{2}"), ("k = 5", "5"), ("5\\text{ Cm}", "5"), ("5\\text{ cm}", "5"),
+    ("-3/4", "\\frac{-3}{4}"), ("\\sqrt2", "\\sqrt{2}"), ("\\left(1\\right)", "(1)"),
+    ("\\tfrac12", "\\frac{1}{2}"),
+    # where it differs on purpose: a bare `$` or `%` goes too; `x=y=3` splits at the first `=`
+    ("50%", "50"), ("$5$", "5"), ("x=y=3", "y=3")])
+def test_strip_string_rules(answer, normal):
+  assert grading.strip_string(answer) == normal
+
+
+def test_grade_answer_edges():
+  """The length cap is inclusive (an answer of MAX_ANSWER characters is still graded), `None` is
+  never an answer, not even the text "None", and math_verify calls unparseable text wrong."""
+  edge = "0" * (grading.MAX_ANSWER - 1) + "1"  # the number 1, MAX_ANSWER characters long
+  assert grade_answer(edge, "1") and grade_answer("1", edge)
+  assert not grade_answer("0" + edge, "1") and not grade_answer("1", "0" + edge)
+  assert not grade_answer("None", None) and not grade_answer(None, "None")
+  assert grade_answer("}{", "5", mode="math_verify") is False
