@@ -281,6 +281,8 @@ GRADER_PY_CASES = [
     ('\\begin{pmatrix} 0.5 \\\\ 2 \\end{pmatrix}',
      '\\begin{pmatrix}\\frac12\\\\2\\end{pmatrix}', False),
     ('1+', '2+', False),
+    ('(a-a)+(b-b)+(c-c)+0.5', '0.5', False),  # three letters on one side: never evaluated
+    ('0.5', '(a-a)+(b-b)+(c-c)+0.5', False),
     ('\\frac{1}', '1', False),
     # measured on 3 Dec 2026 (tuples vs bare lists, sets and unions; thousands separators inside
     # tuples; the integer tolerance; exponent and letter guards; a division by zero)
