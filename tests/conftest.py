@@ -7,6 +7,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
                              " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import collections  # noqa: E402
 import contextlib  # noqa: E402
 import functools  # noqa: E402
 import hashlib  # noqa: E402
@@ -219,14 +220,13 @@ def runs():
 # How many XLA programs each test module compiled and how long that took, printed at the end of a
 # run (`PRM_JAX_COMPILES=0` hides it). A forward pass that is jitted again in every test instead of
 # once per module shows up as one function compiled many times.
-_COMPILES: dict[str, "collections.Counter"] = {}
+_COMPILES: dict[str, collections.Counter] = {}
 _COMPILE_SECONDS: dict[str, float] = {}
 _MODULE: list = [None]
 
 
 def _on_compile_event(event: str, seconds: float, **kw) -> None:
   if event == "/jax/core/compile/backend_compile_duration" and _MODULE[0]:
-    import collections
     _COMPILES.setdefault(_MODULE[0], collections.Counter())[kw.get("fun_name", "?")] += 1
     _COMPILE_SECONDS[_MODULE[0]] = _COMPILE_SECONDS.get(_MODULE[0], 0.0) + seconds
 
@@ -240,11 +240,6 @@ def pytest_sessionstart(session):
 def pytest_runtest_protocol(item, nextitem):
   _MODULE[0] = item.nodeid.split("::")[0]  # fixtures set up for the item count as its module's
   yield
-
-
-def compile_counts(module: str) -> dict[str, int]:
-  """{jitted function name: backend compiles} so far in a test module (tests/x.py)."""
-  return dict(_COMPILES.get(module, {}))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -13,10 +13,11 @@ import sympy
 
 from prm_jax import grading
 from prm_jax.grading import extract_answer, extract_boxed, grade_answer
-from tests.conftest import ROOT
+from tests.conftest import FIXTURES, ROOT
 
 MATH_SAMPLE = ROOT.parent / "shared" / "data" / "prm800k" / "math_test.sample.jsonl"
-SHIPPED_MATH = ROOT / "tests" / "fixtures" / "math_test.sample.jsonl"
+SHIPPED_MATH = FIXTURES / "math_test.sample.jsonl"
+GRADER_PY = FIXTURES / "grader_py"  # outputs of the reference code (PROVENANCE.md)
 
 T, F = True, False
 # (given, truth, expected) — each reasoned from the prm800k grading conventions. grader.py's
@@ -619,7 +620,7 @@ def test_agrees_with_grader_py_on_rewritten_math_answers():
   """4,759 rewritings of real MATH answers graded by grader.py itself: the same verdict on every
   pair but the divergences listed (which must still diverge, so the list stays true)."""
   rows = [json.loads(l) for l in
-          (ROOT / "tests" / "fixtures" / "grader_py" / "rewritten_math_answers.jsonl").open()]
+          (GRADER_PY / "rewritten_math_answers.jsonl").open()]
   assert len(rows) >= 4700 and {r["grader_py"] for r in rows} == {True, False}
   differ = {(r["given"], r["truth"]) for r in rows
             if grade_answer(r["given"], r["truth"]) != r["grader_py"]}
@@ -630,7 +631,7 @@ def test_strip_string_is_the_math_releases_normalisation():
   """MATH's `_strip_string` (Hendrycks et al.) output for 5,774 answers and rewritings (see
   tests/fixtures/grader_py/PROVENANCE.md for the 384 it differs on purpose)."""
   rows = [json.loads(l) for l in
-          (ROOT / "tests" / "fixtures" / "grader_py" / "strip_string.jsonl").open()]
+          (GRADER_PY / "strip_string.jsonl").open()]
   assert len(rows) >= 5700
   wrong = [(r["answer"], r["hendrycks"], grading.strip_string(r["answer"])) for r in rows
            if grading.strip_string(r["answer"]) != r["hendrycks"]]

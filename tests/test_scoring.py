@@ -182,12 +182,13 @@ def test_the_sorted_layout_runs_the_scatter_free_start():
   def scatters(layout):
     jaxpr = jax.make_jaxpr(lambda p, i: aggregate_step_scores(p, i, 100, "prod", layout))(
         jnp.ones(64), jnp.zeros(64, jnp.int32)).jaxpr
-    names = [e.primitive.name for e in eqns(jaxpr)]
+    every = list(eqns(jaxpr))
+    names = [e.primitive.name for e in every]
     assert ("dot_general" in names) == (layout == "sorted"), layout  # the prefix sum by matmul
     assert not any("cum" in n for n in names), (layout, names)
-    assert not any(e.params.get("name") == "cumsum" for e in eqns(jaxpr)), layout
+    assert not any(e.params.get("name") == "cumsum" for e in every), layout
     return [(e.primitive.name, e.params["indices_are_sorted"], e.params["mode"])
-            for e in eqns(jaxpr) if "scatter" in e.primitive.name]
+            for e in every if "scatter" in e.primitive.name]
   drop = jax.lax.GatherScatterMode.FILL_OR_DROP
   assert scatters("sorted") == [("scatter-add", True, drop)]
   assert scatters("grouped") == [("scatter-add", False, drop), ("scatter-min", False, drop)]
