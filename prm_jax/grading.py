@@ -479,9 +479,22 @@ def parse_expression(plain: str) -> sympy.Expr:
 
 # ----------------------------------------------------------------------------- equivalence
 
+_THOUSANDS = re.compile(r"(\d),(\d\d\d)($|\D)")
+
+
+def _strip_thousands(s: str) -> str:
+  """grader.py's `_strip_properly_formatted_commas`: `1,000,000` -> `1000000`, repeated to a fixed
+  point (each pass consumes the digit after a group), while `1, 2` and `1,00` keep their commas."""
+  while True:
+    stripped = _THOUSANDS.sub(r"\1\2\3", s)
+    if stripped == s:
+      return s
+    s = stripped
+
+
 def _number(s: str) -> float:
   """`float` of a number written with thousands separators (ValueError if it is none)."""
-  return float(re.sub(r"(\d),(\d{3})(?=$|\D)", r"\1\2", s))
+  return float(_strip_thousands(s))
 
 
 def _is_int_str(s: str) -> bool:
@@ -596,19 +609,12 @@ def _matrix(s: str) -> list[list[str]] | None:
   return [row.split("&") for row in m.group(1).split("\\\\") if row != ""]
 
 
-_THOUSANDS = re.compile(r"(\d),(\d\d\d)($|\D)")
-
-
 def _split_tuple(s: str) -> list[str]:
   """grader.py's `split_tuple`: a tuple or interval (`(`/`[` ... `)`/`]`, no bracket inside) is
   its comma-separated elements; anything else (a bare list `1, 2`, a set, a union, nested
   tuples) is one element, equal only as a whole. Thousands separators go first, as there
   (`(1,000)` is one element, `(1, 1,000)` two)."""
-  while True:
-    stripped = _THOUSANDS.sub(r"\1\2\3", s)
-    if stripped == s:
-      break
-    s = stripped
+  s = _strip_thousands(s)
   if len(s) > 2 and s[0] in "()[]" and s[-1] in "()[]" and not any(c in s[1:-1] for c in "()[]"):
     return [e.strip() for e in s[1:-1].split(",")]
   return [s]

@@ -720,6 +720,20 @@ def test_tuple_elements_need_the_grader_not_equal_text():
   assert not grade_answer("(1,2)", "1") and not grade_answer("1", "(1,2)")
 
 
+def test_thousands_separators_are_grader_pys_one_rule():
+  """One rule strips thousands separators for the tuple split and for the integer test, as
+  grader.py's `_strip_properly_formatted_commas`: to a fixed point (`1,000,000`, where one pass
+  leaves `1000,000`), never a comma before 2 or 4 digits. grader.py (7ecc794) says `(1,000,000, 2)`
+  is `(1000000,2)` and `1,00` is not `100` (run on 3 Dec 2026)."""
+  assert grading._strip_thousands("1,000,000") == "1000000"
+  assert grading._strip_thousands("1, 2,000 and 3,0000") == "1, 2000 and 3,0000"
+  assert grading._is_int_str("1,000,000") and grading._number("1,000,000") == 1e6
+  assert grading._is_int_str("-12,345,678.0") and not grading._is_int_str("1,00")
+  assert grading._element_equal("1,000,000", "1000000", whole=False)
+  assert grading._split_tuple("(1,000,000, 2)") == ["1000000", "2"]
+  assert grade_answer("(1,000,000, 2)", "(1000000,2)") and not grade_answer("1,00", "100")
+
+
 @pytest.mark.parametrize("answer,normal", [
     ("\\mathrm{cm}", "cm"), ("\\mathbf{5}", "5"), ("\\textnormal{odd}", "odd"), ("\\textbf{A}", "a"),
     ("\\mbox{7}", "7"), ("\\boxed{3}", "3"), ("\\dfrac{1}{2}", "\\frac{1}{2}"),
