@@ -3,11 +3,11 @@
 `mode="prm800k"` follows the paper's grader.py (MATH normalisation; tuples and intervals
 element-wise, but bare lists, sets and unions only as a whole; two plain fractions must match
 exactly; an integer answer must be given as an integer; more than two unknown letters or a risky
-exponent are never evaluated; otherwise the difference must simplify to exactly 0). Model output is untrusted text, so nothing here evaluates
-it as Python: LaTeX is rewritten to a small arithmetic language and parsed by `parse_expression`, a
-recursive-descent parser that builds sympy objects directly and refuses anything outside a
-whitelist. Every call is bounded: structural limits (length, exponent size, factorial) and a
-wall-clock limit on any thread.
+exponent are never evaluated; otherwise the difference must simplify to exactly 0). Model output is
+untrusted text, so nothing here evaluates it as Python: LaTeX is rewritten to a small arithmetic
+language and parsed by `parse_expression`, a recursive-descent parser that builds sympy objects
+directly and refuses anything outside a whitelist. Every call is bounded: structural limits (length,
+exponent size, factorial) and a wall-clock limit on any thread.
 """
 
 from __future__ import annotations

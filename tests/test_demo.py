@@ -17,10 +17,10 @@ MICRO = ["--config.scale=0.1", "--config.train.steps=3000", "--config.demo.n=4",
 
 
 # The two-seed run checks how seeds are run and reported, not what the models learn: a run a few
-# times smaller (20 SFT steps, no separate base, a pool of 2), so it costs about half of one MICRO seed.
+# times smaller than MICRO (20 SFT steps, no separate base, a pool of 2).
 NANO = ["--config.scale=0.05", "--config.train.steps=400", "--config.demo.n=2",
-        "--config.demo.rm_base_steps=0", "--config.demo.rm_samples=1", "--config.demo.bon_trials=20",
-        "--config.active.eval_trials=10", "--config.active.samples_per_problem=1",
+        "--config.demo.rm_base_steps=0", "--config.demo.rm_samples=1",
+        "--config.demo.bon_trials=20", "--config.active.eval_trials=10", "--config.active.samples_per_problem=1",
         "--config.sample.max_new_tokens=48"]
 
 
@@ -65,6 +65,7 @@ def test_demo_runs_the_whole_loop_and_reports_what_it_measured(one_seed):
 
   # best-of-N: bon.json's schema, every number printed in the report's table
   bon = m["bon"]
+  assert max(bon["methods"]["prm"]["mean"]) > 0  # something is solved
   assert bon["n"] == [1, 2, 4] and set(bon["methods"]) == {"prm", "orm", "majority", "weighted"}
   for i, n in enumerate(bon["n"]):
     cells = " | ".join(f"{100 * bon['methods'][k]['mean'][i]:.1f} ± "
@@ -134,9 +135,13 @@ def test_over_two_seeds_the_report_is_the_mean_and_std_of_each_seeds_result(two_
   losses = [s["generator"]["sft_loss_last"] for s in seeds]
   assert None not in losses and losses[0] != losses[1]
   for k in ("step_auroc", "earliest_error_f1", "ece"):  # each process metric, mean and sample std
-    a, b = (s["process"][k] for s in seeds)
-    assert m["process"][k]["mean"] == pytest.approx((a + b) / 2)
-    assert m["process"][k]["std"] == pytest.approx(abs(a - b) / math.sqrt(2))
+    ok = [x for x in (s["process"][k] for s in seeds) if x is not None and not math.isnan(x)]
+    assert m["process"][k]["seeds"] == len(ok)  # a seed without the metric (NaN) is left out
+    if len(ok) == 2:
+      assert m["process"][k]["mean"] == pytest.approx((ok[0] + ok[1]) / 2)
+      assert m["process"][k]["std"] == pytest.approx(abs(ok[0] - ok[1]) / math.sqrt(2))
+    else:
+      assert m["process"][k] == {"mean": ok[0] if ok else None, "std": 0.0, "seeds": len(ok)}
   report = (root / "report.md").read_text()
   for k, v in m["bon"]["methods"].items():
     per = [s["bon"]["methods"][k]["mean"] for s in seeds]
