@@ -572,11 +572,20 @@ def _exactly_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
   return sympy.simplify(a - b) == 0
 
 
+def _renders_equal(g: str, t: str) -> bool:
+  """grader.py's first test on two whole normalised answers: the same text once the LaTeX is
+  rendered (`(\\sqrt{2},1)` is `(sqrt(2),1)`), before any tuple split."""
+  try:
+    return latex_to_plain(g).replace(" ", "") == latex_to_plain(t).replace(" ", "")
+  except (ValueError, IndexError):
+    return False
+
+
 def _element_equal(g: str, t: str, whole: bool = True) -> bool:
-  """grader.py's comparison of two normalised answers (`whole`) or of two elements of a tuple:
-  a whole answer also equals one that renders to the same text; elements are only ever compared
-  as fractions, integers or by sympy (so `(abc)` is not `abc`, and `(52_8)` is `528`)."""
-  if whole and g == t:
+  """grader.py's comparison of two normalised answers (`whole`: also equal when they render to
+  the same text) or of two elements of a tuple, which are only ever compared as fractions,
+  integers or by sympy (so `(abc)` is not `abc`, and `(52_8)` is `528`)."""
+  if whole and (g == t or _renders_equal(g, t)):
     return True
   if not g or not t:
     return False
@@ -585,8 +594,6 @@ def _element_equal(g: str, t: str, whole: bool = True) -> bool:
   except (ValueError, IndexError):
     return False
   gp_c, tp_c = gp.replace(" ", ""), tp.replace(" ", "")
-  if whole and gp_c == tp_c:
-    return True
   if _FRAC.match(gp_c) and _FRAC.match(tp_c):  # two plain fractions: as written (2/4 is not 1/2)
     return gp_c == tp_c
   if _is_int_str(gp_c) != _is_int_str(tp_c):
@@ -621,7 +628,7 @@ def _split_tuple(s: str) -> list[str]:
 
 
 def _grade_normalized(g: str, t: str) -> bool:
-  if g == t:
+  if g == t or _renders_equal(g, t):
     return True
   gm, tm = _matrix(g), _matrix(t)
   if gm is not None or tm is not None:
@@ -631,8 +638,6 @@ def _grade_normalized(g: str, t: str) -> bool:
   ge, te = _split_tuple(g), _split_tuple(t)
   if len(te) > 1 and (g[0] != t[0] or g[-1] != t[-1]):
     return False  # (a,b) is not [a,b]
-  if len(te) == 1 and len(ge) == 1:
-    return _element_equal(ge[0], te[0], whole=(ge[0], te[0]) == (g, t))
   return len(ge) == len(te) and all(_element_equal(a, b, whole=False) for a, b in zip(ge, te))
 
 

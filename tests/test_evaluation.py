@@ -226,7 +226,9 @@ def test_group_answers_compares_each_normal_form_once(monkeypatch):
   g = group_answers(answers)
   assert g[:150].tolist() == list(range(150)) and (g[150:600] == g[:450]).all()
   assert len(set(g[600:604].tolist())) == 1 and g[604] == -1
-  assert len(calls) < 20  # distinct numbers never reach the symbolic check (today: ~11,000)
+  # equal normal forms share a class by hashing and distinct numbers differ in their fingerprints:
+  # the symbolic check never runs here (it ran ~11,000 times before the fingerprints)
+  assert calls == []
 
 
 def test_process_eval_reports_nan_with_a_reason():
@@ -375,7 +377,9 @@ def test_run_bon_eval_pads_to_pool_size_and_warns_of_repeated_samples(tmp_path):
   out = tmp_path / "bon"
   r = run_bon_eval(sols + [again], [4], 20, 0, str(out), pool_size=6)
   assert r["pool_size"] == 6 and r["repeated_samples"] == 1
-  assert (out / "bon.md").read_text().endswith(f"\nWarning: {describe_repeats(1)}.\n")
+  md = (out / "bon.md").read_text()
+  assert md.startswith("Best-of-N solve rate (%)")
+  assert md.endswith(f"\nWarning: {describe_repeats(1)}.\n")
   assert describe_repeats(2) == ("2 rows repeat an earlier row's (problem_id, sample_idx, seed): the "
                                  "input holds samples twice, and they are counted in the pools as drawn")
   # the same index under another problem, seed or prefix is another sample; no index: not counted
@@ -687,3 +691,178 @@ def test_reports_rewrite_their_directory_and_use_the_seed_and_mode(tmp_path):
   assert (f"| threshold (chosen on dev, F1 {100 * r['dev_f1']:.1f}) | {r['threshold']:.2f} |"
           in (tmp_path / "eval" / "process.md").read_text())
   assert r["dev_f1"] == 1.0 and "F1 100.0" in (tmp_path / "eval" / "process.md").read_text()
+
+
+def test_processbench_f1_and_auroc_edges_are_exact_and_warn_nothing():
+  """An empty input names both missing classes; a missing class is NaN without NumPy's empty-mean
+  or 0/0 warnings; both accuracies zero is a measured F1 of 0, not a division by zero."""
+  import warnings
+  from prm_jax.evaluation import auroc, auroc_reason, earliest_error
+  nan = float("nan")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    none, only_ok, only_err = (processbench_f1([], []), processbench_f1([-1], [-1]),
+                               processbench_f1([0], [1]))
+    one_class = auroc(np.array([0.2, 0.4]), np.array([True, True]))
+  assert _same(none, {"f1": nan, "acc_erroneous": nan, "acc_correct": nan, "n_erroneous": 0,
+                      "n_correct": 0, "reason": "no erroneous or correct solutions"})
+  assert _same(only_ok, {"f1": nan, "acc_erroneous": nan, "acc_correct": 1.0, "n_erroneous": 0,
+                         "n_correct": 1, "reason": "no erroneous solutions"})
+  assert _same(only_err, {"f1": nan, "acc_erroneous": 0.0, "acc_correct": nan, "n_erroneous": 1,
+                          "n_correct": 0, "reason": "no correct solutions"})
+  assert processbench_f1([0, -1], [1, 0]) == {"f1": 0.0, "acc_erroneous": 0.0, "acc_correct": 0.0,
+                                              "n_erroneous": 1, "n_correct": 1}
+  assert math.isnan(one_class)
+  assert auroc_reason(np.array([False, False])) == "no positive steps"
+  assert auroc_reason(np.array([], bool)) == "no labelled steps"
+  assert [earliest_error(l) for l in ([1, 0, 1], [], [1, -1, -1], [None, -1])] == [-1, -1, 1, 1]
+
+
+def test_process_eval_subsets_reasons_defaults_and_the_prmbench_threshold(tmp_path):
+  """Rows without `meta.subset` are reported as "all"; one undefined subset F1 makes the average
+  NaN and every reason is listed; PRMBench rows use the fixed threshold, or 0.5 when the threshold
+  is chosen on dev; the dev fraction defaults to one half (ids hashing below 5,000 of 10,000)."""
+  from prm_jax.evaluation import _is_dev, prmbench_scores, run_process_eval
+  r = process_eval([_proc("a", [1, -1], [0.9, 0.2]), _proc("b", [1, 1], [0.9, 0.8])], threshold=0.3)
+  assert _same(r["processbench"], {"all": {"f1": 1.0, "acc_erroneous": 1.0, "acc_correct": 1.0,
+                                           "n_erroneous": 1, "n_correct": 1}, "average_f1": 1.0})
+  mixed = [_proc("x", [1, 1], [0.9, 0.8], subset="x"), _proc("y", [-1], [0.2], subset="y"),
+           _proc("z1", [-1], [0.2], subset="z"), _proc("z2", [1], [0.9], subset="z")]
+  r = process_eval(mixed, threshold=0.5)
+  assert r["processbench"]["z"]["f1"] == 1.0 and math.isnan(r["processbench"]["average_f1"])
+  assert r["processbench"]["reason"] == "x: no erroneous solutions; y: no correct solutions"
+  # PRMBench at P(ok) >= threshold: 0.4 is valid at 0.3, not at 0.5
+  bench = [_proc("c", [1, 1], [0.4, 0.6], source="prmbench", classification="confidence")]
+  fixed = process_eval(mixed + bench, threshold=0.3)["prmbench"]["confidence"]
+  nan = float("nan")  # no error step and none predicted: negative F1 is 0 / 0
+  assert _same(fixed, {"f1": 1.0, "negative_f1": nan, "prmscore": nan, "steps": 2})
+  chosen = process_eval(mixed + bench)["prmbench"]["confidence"]  # chosen on dev: PRMBench at 0.5
+  assert chosen == pytest.approx({"f1": 2 / 3, "negative_f1": 0.0, "prmscore": 1 / 3, "steps": 2})
+  assert prmbench_scores(bench)["confidence"] == chosen  # its own default is 0.5 too
+  # the default dev fraction, in process_eval and in the report writer
+  sols = [_proc(f"p{i}", [1, -1] if i % 2 else [1, 1], [0.9, 0.2] if i % 2 else [0.9, 0.8])
+          for i in range(20)]
+  dev = sum(_is_dev(f"p{i}", 0.5) for i in range(20))
+  assert 0 < dev < 20
+  assert (process_eval(sols)["num_dev"], process_eval(sols)["num_test"]) == (dev, 20 - dev)
+  written = run_process_eval(sols, str(tmp_path / "eval"))
+  assert (written["num_dev"], written["num_test"]) == (dev, 20 - dev)
+  import zlib
+  assert zlib.crc32(b"p14396") % 10_000 == 5_000  # exactly on the boundary: not dev at 0.5
+  assert not _is_dev("p14396", 0.5) and _is_dev("p14396", 0.5001)
+
+
+def test_process_report_prints_a_dev_f1_below_one_and_the_empty_test_split(tmp_path):
+  """Two erroneous solutions with the same scores and different first errors: no threshold finds
+  both, so the best dev F1 is 2/3 (first reached at 0.41). Every row is in dev, so the test
+  metrics are the empty split's, every count zero."""
+  from prm_jax.evaluation import run_process_eval
+  rows = [_proc("e1", [1, -1], [0.6, 0.4]), _proc("e2", [-1, 1], [0.6, 0.4]),
+          _proc("c1", [1, 1], [0.9, 0.9])]
+  out = tmp_path / "eval"
+  r = run_process_eval(rows, str(out), dev_fraction=0.9999)
+  assert r["num_dev"] == 3 and r["dev_f1"] == pytest.approx(2 / 3)
+  assert r["threshold"] == pytest.approx(0.41)
+  nan = float("nan")
+  why = "the test split is empty (dev_fraction=0.9999, 3 solutions): no held-out F1"
+  assert _same(r["test"], {"f1": nan, "acc_erroneous": nan, "acc_correct": nan, "n_erroneous": 0,
+                           "n_correct": 0, "reason": why})
+  assert "| threshold (chosen on dev, F1 66.7) | 0.41 |\n" in (out / "process.md").read_text()
+
+
+def test_small_helpers_by_hand():
+  """describe_skips with nothing skipped and with a reason it has no words for; the calibration
+  bin of P(ok) in [0, 0.1); group ids are int64 and follow the grading mode; within-problem AUROC
+  over mixed problems only."""
+  from prm_jax.evaluation import calibration, describe_skips, within_problem_auroc
+  assert describe_skips({}) == "" and describe_skips({"no_steps": 0}) == ""
+  assert describe_skips({"odd": 2, "no_steps": 1}) == "skipped 3 rows: 2 odd, 1 without steps"
+  c = calibration(np.array([0.0, 0.05, 1.0]), np.array([0.0, 1.0, 1.0]))
+  assert c == {"ece": pytest.approx(2 / 3 * 0.475),
+               "bins": [{"bin": [0.0, 0.1], "confidence": 0.025, "accuracy": 0.5, "count": 2},
+                        {"bin": [0.9, 1.0], "confidence": 1.0, "accuracy": 1.0, "count": 1}]}
+  assert group_answers(["1", None]).dtype == np.int64
+  # math_verify reads 50\\% as 0.5; the grader's numeric fingerprints (prm800k mode only) do not
+  assert group_answers(["50\\%", "0.5"], "math_verify").tolist() == [0, 0]
+  assert group_answers(["50\\%", "0.5"]).tolist() == [0, 1]
+  pool = lambda pid, correct, **scores: ProblemPool(
+      pid, np.array(correct), np.ones(len(correct), bool), np.arange(len(correct)),
+      {k: np.array(v, float) for k, v in scores.items()})
+  pools = [pool("mixed", [True, False], prm=[0.9, 0.1]),
+           pool("wrong", [False, False], prm=[0.9, 0.1]),
+           pool("right", [True, True], prm=[0.1, 0.9]), pool("unscored", [False, True])]
+  assert within_problem_auroc(pools, "prm") == {"mean": 1.0, "problems": 1}
+  assert within_problem_auroc(pools[1:3], "prm") == {"mean": None, "problems": 0}
+
+
+def test_run_bon_eval_refuses_an_empty_input(tmp_path):
+  with pytest.raises(ValueError, match="^no solutions to evaluate$"):
+    run_bon_eval([], [1], 10, 0, str(tmp_path / "bon"))
+
+
+def _saved_figure(monkeypatch, plot, *args):
+  """The matplotlib Figure that `plot` saves (written as usual), kept to read what it draws."""
+  from matplotlib.figure import Figure
+  saved, real = [], Figure.savefig
+  monkeypatch.setattr(Figure, "savefig",
+                      lambda self, *a, **k: saved.append(self) or real(self, *a, **k))
+  plot(*args)
+  (fig,) = saved
+  return fig
+
+
+def test_best_of_n_plot_draws_each_methods_mean_and_std_band(tmp_path, monkeypatch):
+  """Per method: the mean in % against N with small round markers, a translucent ±std band; N on
+  a log-2 axis; the axis labels, default title, faint grid and legend as in the paper's Figure 3."""
+  from prm_jax.evaluation import LABELS, plot_best_of_n
+  result = {"n": [1, 4, 16], "num_problems": 3, "trials": 10,
+            "methods": {"prm": {"mean": [0.2, 0.4, 0.5], "std": [0.1, 0.05, 0.0]},
+                        "custom": {"mean": [0.1, 0.3, 0.6], "std": [0.02, 0.04, 0.08]}}}
+  fig = _saved_figure(monkeypatch, plot_best_of_n, result, str(tmp_path / "bon.png"))
+  (ax,) = fig.axes
+  assert tuple(fig.get_size_inches()) == (6, 4.2) and fig.dpi == 120
+  for line, (m, r), band in zip(ax.get_lines(), result["methods"].items(), ax.collections):
+    assert line.get_xdata().tolist() == [1, 4, 16] and line.get_label() == LABELS.get(m, m)
+    np.testing.assert_allclose(line.get_ydata(), 100 * np.asarray(r["mean"]))
+    assert (line.get_marker(), line.get_markersize()) == ("o", 3)
+    xy = band.get_paths()[0].vertices  # the band's outline: along the lower edge and back
+    lo, hi = 100 * (np.asarray(r["mean"]) - r["std"]), 100 * (np.asarray(r["mean"]) + r["std"])
+    for x, a, b in zip([1, 4, 16], lo, hi):
+      ys = xy[np.isclose(xy[:, 0], x), 1]
+      assert ys.min() == pytest.approx(a) and ys.max() == pytest.approx(b)
+    assert band.get_alpha() == 0.2
+  assert len(ax.get_lines()) == 2 and len(ax.collections) == 2
+  assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
+  assert ax.get_xlabel() == "N = number of solutions per problem"
+  assert ax.get_ylabel() == "% problems solved (best-of-N)"
+  assert ax.get_title() == "Best-of-N (3 problems, 10 trials)"
+  grid = ax.xaxis.get_gridlines()[0]
+  assert grid.get_visible() and grid.get_alpha() == 0.3
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == [LABELS["prm"], "custom"]
+
+
+def test_calibration_plot_draws_the_bins_against_the_diagonal(tmp_path, monkeypatch):
+  """A thin grey dashed diagonal (perfect calibration) and the bins' accuracy against their
+  confidence with markers; the ECE in the legend (upper left), the AUROC in the title."""
+  from matplotlib.colors import to_rgba
+  from prm_jax.evaluation import plot_calibration
+  result = {"step_auroc": 0.8125, "calibration": {"ece": 0.1234, "bins": [
+      {"bin": [0.1, 0.2], "confidence": 0.15, "accuracy": 0.5, "count": 2},
+      {"bin": [0.9, 1.0], "confidence": 0.95, "accuracy": 0.75, "count": 4}]}}
+  fig = _saved_figure(monkeypatch, plot_calibration, result, str(tmp_path / "calibration.png"))
+  (ax,) = fig.axes
+  assert tuple(fig.get_size_inches()) == (4.5, 4.2) and fig.dpi == 120
+  diagonal, bins = ax.get_lines()
+  assert diagonal.get_xdata().tolist() == [0, 1] and diagonal.get_ydata().tolist() == [0, 1]
+  assert diagonal.get_linestyle() == "--" and diagonal.get_linewidth() == 1
+  assert to_rgba(diagonal.get_color()) == to_rgba("gray")
+  assert bins.get_xdata().tolist() == [0.15, 0.95] and bins.get_ydata().tolist() == [0.5, 0.75]
+  assert bins.get_marker() == "o" and bins.get_linestyle() == "-"
+  assert ax.get_xlabel() == "predicted P(step ok)" and ax.get_ylabel() == "fraction of steps ok"
+  assert ax.get_title() == "Step calibration, AUROC 0.812"
+  legend = ax.get_legend()
+  assert [t.get_text() for t in legend.get_texts()] == ["perfect calibration",
+                                                        "PRM steps (ECE 0.123)"]
+  assert legend._loc == 2  # matplotlib's code for "upper left"
+  grid = ax.yaxis.get_gridlines()[0]
+  assert grid.get_visible() and grid.get_alpha() == 0.3

@@ -298,6 +298,26 @@ GRADER_PY_CASES = [
     ('(1,2)', '1,2', False),
     ('1,2', '(1,2)', False),
     ('1,2', '1', False),
+    # measured on 3 Dec 2026, session 3: grader.py compares the whole normalised answers, LaTeX
+    # rendered as text, before it splits a tuple; the `x =` prefix is kept before a relation
+    ('(\\sqrt{2},1)', '(sqrt(2),1)', True),
+    ('(\\sqrt{3},\\sqrt{2})', '(sqrt(3),sqrt(2))', True),
+    ('[\\sqrt{2},3)', '[sqrt(2),3)', True),
+    ('\\sqrt{2},1', 'sqrt(2),1', True),
+    ('{x!=3}', '3', False),
+    ('{x<=3}', '3', False),
+    ('{<=3}', '3', False),
+    ('{\\a=3}', '3', False),
+    ('x \\le 3', '3', False),
+    ('0.0000001', '0', True),
+    ('(0.0000001,1)', '(0,1)', False),
+    ('\\sqrt[3]{2}+\\sqrt[3]{3}', '\\sqrt[3]{3}+\\sqrt[3]{2}', True),
+    ('\\sqrt[3]{2}\\sqrt[3]{3}', '\\sqrt[3]{6}', True),
+    ('\\frac{1', '1', False),
+    ('(0.0000001,1)', '(\\frac{1}{10000000},1)', False),  # 1e-7 is within grader.py's integer test
+    ('(0.0000002,1)', '(\\frac{2}{10000000},1)', True),
+    ('\\begin{pmatrix}1&2\\\\3&4\\\\\\end{pmatrix}',
+     '\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}', False),
     ('1', '1,2', False),
     ('1, \\frac12', '1, 0.5', False),
     ('2, 1', '1, 2', False),
@@ -361,6 +381,8 @@ GRADER_PY_WRONG = {
     ("30°", "30"): "the degree sign is not normalised (`30^\\circ` is)",
     ("\\begin{pmatrix} 0.5 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}\\frac12\\\\2\\end{pmatrix}"):
         "matrices compared as text, not element by element",
+    ("\\begin{pmatrix}1&2\\\\3&4\\\\\\end{pmatrix}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}"):
+        "matrices compared as text (here: an empty last row, dropped element by element)",
     ("\\frac{(x+1)^2-x^2-2x}{2}", "0.5"): "the numerator rendered without parentheses",
     ("0.5", "\\frac{(x+1)^2-x^2-2x}{2}"): "the numerator rendered without parentheses",
     ("\\frac{x}{y}", "\\frac{2x}{2y}"): "`2x/2y` read as (2x/2)*y",
@@ -745,7 +767,9 @@ def test_thousands_separators_are_grader_pys_one_rule():
     ("12,345.5", "12345.5"), ("5.0000001", "5.0000001"), ("5.00000001", "5"),
     ("999999999999999.0", "999999999999999"), ("1000000000000000.0", "1000000000000000.0"),
     ("50\\%", "50"), ("\\$5", "5"), ("1\\!000", "1000"), ("1\\,000", "1000"), ("1\\;000", "1000"),
-    ("1\\:000", "1000"), ("1\\ 000", "1000"), ("1~000", "1000"), ("\\\\ 2", "\\\\2")])
+    ("1\\:000", "1000"), ("1\\ 000", "1000"), ("1~000", "1000"), ("\\\\ 2", "\\\\2"),
+    ("{x<=3}", "x<=3"), ("{x!=3}", "x!=3"), ("{<=3}", "<=3"), ("{\\a=3}", "\\a=3"),
+    ("0.0000001", "0")])
 def test_normalize_rewrites(answer, normal):
   """Each rewrite of the second normalisation (grader.py's `_normalize`, LaTeX kept): wrappers,
   fraction spellings, `or`/`and` lists, relations (`x \\ge 3` keeps its `x`), number words, outer
@@ -760,7 +784,7 @@ def test_normalize_rewrites(answer, normal):
     ("90^\\circ", "90"), ("\\$5", "5"), ("x = .5", "\\frac{1}{2}"), ("\\frac{.5}{2}", "\\frac{0.5}{2}"),
     (".5", "\\frac{1}{2}"), ("k = 5", "5"), ("5\\text{ Cm}", "5"), ("5\\text{ cm}", "5"),
     ("-3/4", "\\frac{-3}{4}"), ("\\sqrt2", "\\sqrt{2}"), ("\\left(1\\right)", "(1)"),
-    ("\\tfrac12", "\\frac{1}{2}"),
+    ("\\tfrac12", "\\frac{1}{2}"), ("\\fracXY", "\\frac{X}{Y}"),
     # where it differs on purpose: a bare `$` or `%` goes too; `x=y=3` splits at the first `=`
     ("50%", "50"), ("$5$", "5"), ("x=y=3", "y=3")])
 def test_strip_string_rules(answer, normal):
@@ -775,3 +799,27 @@ def test_grade_answer_edges():
   assert not grade_answer("0" + edge, "1") and not grade_answer("1", "0" + edge)
   assert not grade_answer("None", None) and not grade_answer(None, "None")
   assert grade_answer("}{", "5", mode="math_verify") is False
+
+
+def test_grading_helpers_at_the_edges_mutation_testing_found():
+  """Rules no table pair reached: an empty `# Answer` is no answer; values of different kinds
+  (a number, a tuple) are proved different without an error; an unclosed brace is refused by name
+  and an escaped brace kept; a tower with a letter exponent is refused; distinct unknown commands
+  count one letter each; the fingerprint and the parser keep their caps inclusive."""
+  assert extract_answer("Step one\n# Answer\n\n") is None
+  five, pair = grading.answer_form("5"), grading.answer_form("(1,2)")
+  assert not grading.forms_may_be_equal(five, pair) and not grading.forms_may_be_equal(pair, five)
+  with pytest.raises(ValueError, match="^unbalanced \\\\frac$"):
+    grading.latex_to_plain("\\frac{1")
+  assert grading.latex_to_plain("\\{x\\}") == "\\{x\\}"
+  assert grading._fix_fracs("a\\frac{1") == "a\\frac{1"
+  assert not grading._exponents_allowed("x^a^2") and grading._exponents_allowed("x^a2")
+  assert grading._unknown_letters("\\foo", "\\bar") == 2
+  edge = "\\frac{1}{2}" + " " * (grading.MAX_ANSWER - 11)  # MAX_ANSWER characters: normalised
+  assert len(edge) == grading.MAX_ANSWER and grade_answer(edge, "0.5")
+  half = grading.answer_form("0.5")
+  assert grading.forms_may_be_equal(grading.answer_form(edge), half)
+  assert grading.forms_may_be_equal(half, grading.answer_form(edge))
+  assert grading.parse_expression("1" * grading.MAX_CHARS) == int("1" * grading.MAX_CHARS)
+  with pytest.raises(grading._Refused, match="^too long$"):
+    grading.parse_expression("1" * (grading.MAX_CHARS + 1))

@@ -255,10 +255,10 @@ def test_binary_prm_loss_stays_finite_on_saturated_logits():
 
 def test_orm_accuracy_counts_a_zero_logit_as_predicting_wrong():
   """P(correct) = sigmoid(0) = 0.5 is not a prediction of "correct": it matches outcome 0 only."""
-  b = batch(outcome=[[I, I, I, 0, I, I, 1, I]])
   logits = jnp.zeros((1, 8, 1))
-  _, m = losses.orm_task_loss(logits, b)
-  assert float(m["outcome_accuracy"]) == 0.5  # outcome 0 right, outcome 1 wrong
+  accuracy = lambda o: float(losses.orm_task_loss(logits, batch(outcome=[[I, I, I, o, I, I, o, I]])
+                                                  )[1]["outcome_accuracy"])
+  assert (accuracy(0), accuracy(1)) == (1.0, 0.0)  # each class alone: a mixed pair hides `>= 0`
 
 
 def test_orm_all_tokens_on_many_rows_keeps_every_rows_segments_apart():

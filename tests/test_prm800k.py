@@ -243,16 +243,19 @@ def test_human_completion_objects_carry_their_rating():
      "label.steps[0].completions[1]: rating True is not -1, 0, 1 or null"),
     (lambda r: r["label"]["steps"][0].update(chosen_completion=2),
      "label.steps[0]: chosen_completion 2 out of range for 2 completions"),
-    (lambda r: r["label"]["steps"][0].update(chosen_completion=-1), "chosen_completion -1 out of range"),
-    (lambda r: r["label"]["steps"][0].update(chosen_completion=True), "chosen_completion True out of"),
-    (lambda r: r["label"]["steps"][0].update(chosen_completion="0"), "chosen_completion '0' out of"),
+    (lambda r: r["label"]["steps"][0].update(chosen_completion=-1),
+     "label.steps[0]: chosen_completion -1 out of range for 2 completions"),
+    (lambda r: r["label"]["steps"][0].update(chosen_completion=True),
+     "label.steps[0]: chosen_completion True out of range for 2 completions"),
+    (lambda r: r["label"]["steps"][0].update(chosen_completion="0"),
+     "label.steps[0]: chosen_completion '0' out of range for 2 completions"),
     (lambda r: r["label"]["steps"][0].update(chosen_completion=None, human_completion=3),
      "label.steps[0]: human_completion must be null, a string or an object with text"),
     (lambda r: r["label"]["steps"][0].update(chosen_completion=None, human_completion={"rating": 1}),
-     "human_completion must be null, a string or an object with text"),
+     "label.steps[0]: human_completion must be null, a string or an object with text"),
     (lambda r: r["label"]["steps"][0].update(chosen_completion=None,
                                              human_completion={"text": "t", "rating": 5}),
-     "label.steps[0].human_completion: rating 5 is not"),
+     "label.steps[0].human_completion: rating 5 is not -1, 0, 1 or null"),
     (lambda r: r["question"].pop("problem"), "missing 'question.problem'"),
     (lambda r: r["label"].pop("steps"), "missing 'label.steps' list"),
     (lambda r: r.update(label=[]), "missing or non-object 'label'"),
@@ -262,7 +265,7 @@ def test_each_malformed_field_is_named(edit, message):
   edit(row)
   with pytest.raises(ValueError) as e:
     parse_prm800k_row(row)
-  assert message in str(e.value), str(e.value)
+  assert str(e.value) == message, str(e.value)
   with pytest.raises(ValueError, match="^expected a JSON object$"):
     parse_prm800k_row([row])
 

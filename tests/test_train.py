@@ -230,9 +230,12 @@ def test_gradient_accumulation_applies_the_mean_gradient_every_k_steps(tok):
   graphdef, state, sh = trainer.create_train_state(model, tx, mesh, base.RULES)
   p0 = host(state.params)
   loss_fn = trainer.task_loss("sft", tc)
-  grad = lambda b: jax.grad(lambda p: loss_fn(nnx.merge(graphdef, p), b)[0])(
-      jax.tree.map(jnp.asarray, p0))
-  mean_grad = jax.tree.map(lambda a, c: (a + c) / 2, grad(b1), grad(b2))
+  # the reference gradients and updates are jitted: run eagerly, each op would compile once per
+  # parameter shape (hundreds of programs)
+  grad = jax.jit(jax.grad(lambda p, b: loss_fn(nnx.merge(graphdef, p), b)[0]))
+  p0_dev = jax.tree.map(jnp.asarray, p0)
+  mean_grad = jax.jit(lambda g1, g2: jax.tree.map(lambda a, c: (a + c) / 2, g1, g2))(
+      grad(p0_dev, b1), grad(p0_dev, b2))
   step = trainer.make_train_step(graphdef, tx, loss_fn, sh, {k: bsh for k in b1}, mesh, base.RULES)
   for k, b in enumerate([b1, b2, b1, b2, b1], 1):
     state, _ = step(state, sharding.shard_batch(b, mesh, base.RULES))
@@ -244,11 +247,15 @@ def test_gradient_accumulation_applies_the_mean_gradient_every_k_steps(tok):
 
   plain_tc = tiny_config("/tmp", "sft", 10, warmup_steps=1).train
   plain = trainer.make_optimizer(plain_tc)
-  params = jax.tree.map(jnp.asarray, p0)
-  opt = plain.init(params)
+
+  @jax.jit
+  def plain_step(params, opt, g):
+    updates, opt = plain.update(g, opt, params)
+    return optax.apply_updates(params, updates), opt
+
+  params, opt = p0_dev, jax.jit(plain.init)(p0_dev)
   for _ in range(2):
-    updates, opt = plain.update(mean_grad, opt, params)
-    params = optax.apply_updates(params, updates)
+    params, opt = plain_step(params, opt, mean_grad)
   moved = jax.tree.leaves(jax.tree.map(lambda a, c: np.abs(a - c).max(), host(params), p0))
   assert max(moved) > 1e-3  # far above the tolerance below: Adam moved every step by ~lr
   jax.tree.map(lambda a, c: np.testing.assert_allclose(a, c, rtol=2e-5, atol=1e-4), got,
