@@ -585,7 +585,7 @@ def _element_equal(g: str, t: str, whole: bool = True) -> bool:
   """grader.py's comparison of two normalised answers (`whole`: also equal when they render to
   the same text) or of two elements of a tuple, which are only ever compared as fractions,
   integers or by sympy (so `(abc)` is not `abc`, and `(52_8)` is `528`)."""
-  if whole and (g == t or _renders_equal(g, t)):
+  if whole and g == t:
     return True
   if not g or not t:
     return False
@@ -594,6 +594,8 @@ def _element_equal(g: str, t: str, whole: bool = True) -> bool:
   except (ValueError, IndexError):
     return False
   gp_c, tp_c = gp.replace(" ", ""), tp.replace(" ", "")
+  if whole and gp_c == tp_c:  # `_renders_equal`, on the renderings already made
+    return True
   if _FRAC.match(gp_c) and _FRAC.match(tp_c):  # two plain fractions: as written (2/4 is not 1/2)
     return gp_c == tp_c
   if _is_int_str(gp_c) != _is_int_str(tp_c):
