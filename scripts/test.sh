@@ -14,9 +14,14 @@ if [ -z "${JAX_COMPILATION_CACHE_DIR:-}" ]; then
 fi
 export JAX_COMPILATION_CACHE_DIR JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0
+# One pytest-xdist worker per core (at most 4), each given whole modules (--dist loadfile), so a
+# module's fixtures are built and its programs compiled once. PRM_JAX_TEST_WORKERS=1: one process.
+workers="${PRM_JAX_TEST_WORKERS:-$(n=$(nproc); echo $(( n < 4 ? n : 4 )))}"
+xdist=()
+if [ "$workers" -gt 1 ]; then xdist=(-n "$workers" --dist loadfile); fi
 start=$(date +%s)
 set +e
-python -m pytest -q --durations=15 "$@"
+python -m pytest -q --durations=15 "${xdist[@]}" "$@"
 rc=$?
 set -e
 echo "test.sh: pytest exited $rc after $(( $(date +%s) - start ))s"

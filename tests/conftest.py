@@ -242,6 +242,24 @@ def pytest_runtest_protocol(item, nextitem):
   yield
 
 
+def pytest_sessionfinish(session):
+  worker_output = getattr(session.config, "workeroutput", None)
+  if worker_output is not None:  # a pytest-xdist worker: hand its counts to the controller
+    worker_output["prm_jax_compiles"] = {m: dict(c) for m, c in _COMPILES.items()}
+    worker_output["prm_jax_compile_seconds"] = dict(_COMPILE_SECONDS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+  """pytest-xdist's controller: add up what each worker compiled (loadfile keeps a module on one
+  worker, so per-module counts are what that worker saw)."""
+  out = getattr(node, "workeroutput", {})
+  for module, counts in out.get("prm_jax_compiles", {}).items():
+    _COMPILES.setdefault(module, collections.Counter()).update(counts)
+  for module, seconds in out.get("prm_jax_compile_seconds", {}).items():
+    _COMPILE_SECONDS[module] = _COMPILE_SECONDS.get(module, 0.0) + seconds
+
+
 def pytest_terminal_summary(terminalreporter):
   if not _COMPILES or os.environ.get("PRM_JAX_COMPILES") == "0":
     return
