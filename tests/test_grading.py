@@ -367,6 +367,9 @@ GRADER_PY_CASES = [
     ('(-\\infty, 0) \\cup (1, \\infty)', '(-\\infty,0)\\cup(1,\\infty)', True),
     ('(0,\\frac{1}{2}]', '(0,0.5]', True),
     ('\\left[ 1, 2 \\right)', '[1,2)', True),
+    # measured on 3 Dec 2026, session 4: an entry equal as text decides even when sympy cannot
+    # read it (grader.py renders this matrix `[a_1+1/2]`, one sympy expression)
+    ('\\begin{pmatrix} a_1 & \\frac{1}{2} \\end{pmatrix}', '\\begin{pmatrix} a_1 & 0.5 \\end{pmatrix}', True),
 ]
 # Where grader.py is wrong and this grader is right on purpose: latex2text renders `\\frac{x+1}{2}`
 # as `x+1/2` and both roots as the same symbol, sympy reads `0.1` as a float and `pi2` as a name.
@@ -454,6 +457,46 @@ def test_math_verify_gets_a_timeout_on_the_main_thread(monkeypatch):
   assert grade_answer("\\frac{1}{2}", "0.5", mode="math_verify") is True
   assert [name for name, _ in seen] == ["parse", "parse", "verify"]
   assert all(t is not None and 0 < t <= 5 for _, t in seen), seen
+
+
+def test_on_the_main_thread_math_verify_runs_under_its_own_alarm_only(monkeypatch):
+  """A process has one ITIMER_REAL: math_verify's `signal.alarm` would replace our bound and its
+  `alarm(0)` cancel it, so no timer of ours may be pending when math_verify is called."""
+  import signal
+  import math_verify
+  pending = []
+  real_parse = math_verify.parse
+  monkeypatch.setattr(math_verify, "parse", lambda *a, **k: pending.append(
+      (signal.getitimer(signal.ITIMER_REAL)[0], signal.getsignal(signal.SIGALRM))
+      ) or real_parse(*a, **k))
+  before = signal.getsignal(signal.SIGALRM)
+  assert grade_answer("\\frac{1}{2}", "0.5", mode="math_verify") is True
+  assert pending == [(0.0, before), (0.0, before)]
+
+
+def test_time_bound_holds_on_the_main_thread(monkeypatch):
+  """prm800k grading on the main thread is bounded by SIGALRM (work that would run 6 s is cut at
+  the bound and graded False)."""
+  from prm_jax import grading
+
+  def slow(*_):  # pure Python that outlasts the bound, then gives up
+    end = time.monotonic() + grading.TIME_LIMIT_S + 4.0
+    while time.monotonic() < end:
+      pass
+    return True
+  monkeypatch.setattr(grading, "_grade_prm800k", slow)
+  t0 = time.perf_counter()
+  assert grade_answer("1", "1.0") is False
+  assert time.perf_counter() - t0 < grading.TIME_LIMIT_S + 1.0
+
+
+def test_math_verify_mode_refuses_what_its_extractor_cannot_read():
+  """math_verify's LaTeX extractor returns nothing for an empty or empty-boxed answer: not equal
+  (never vacuously true)."""
+  assert grade_answer("1", "", mode="math_verify") is False
+  assert grade_answer("1", " ", mode="math_verify") is False
+  assert grade_answer("\\boxed{}", "1", mode="math_verify") is False
+  assert grade_answer("$$", "1", mode="math_verify") is False
 
 
 # ----------------------------------------------------------------------------- linear time
@@ -599,6 +642,10 @@ def test_answer_forms_prove_different_values_apart_and_keep_equal_ones_together(
   form = grading.answer_form("\\frac{3}{4}")
   assert (form.raw, form.mathd, form.norm) == ("\\frac{3}{4}", "\\frac{3}{4}", "\\frac{3}{4}")
   assert grading.answer_form("1/0").values == ("element", None)  # no value: unknown, not refused
+  # 200! is past float's range: its value is unknown (an infinity would differ from itself)
+  assert grading.answer_form("200!").values == ("element", None)
+  assert grading.grade_answer("200!", "(200)!")
+  assert grading.forms_may_be_equal(grading.answer_form("200!"), grading.answer_form("(200)!"))
   long = "1" * (grading.MAX_ANSWER + 1)
   assert grading.answer_form(long) == grading.AnswerForm(long, "", "", None)
   assert grading.forms_may_be_equal(grading.answer_form(long), grading.answer_form(" " + long))
