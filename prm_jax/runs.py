@@ -136,6 +136,8 @@ class RunDir:
     """Final parameters alone (no optimizer state): what sampling, scoring and init_from load.
     They replace earlier params/ of this run: `train` checks the workdir is its own first."""
     import orbax.checkpoint as ocp
+    from prm_jax.train.checkpoints import save_each_array_once_on_cpu
+    save_each_array_once_on_cpu()
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(os.path.abspath(self.params_path), params, force=True)
     ckpt.wait_until_finished()

@@ -166,6 +166,12 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int
   return tokens, positions
 
 
+def _generate_from_key_data(model, cache, prompts, positions, key_data, stop_next, stop_accept,
+                            *rows, sc):
+  return generate(model, cache, prompts, positions, jax.random.wrap_key_data(key_data), stop_next,
+                  stop_accept, sc, *rows)
+
+
 def make_generate_fn(graphdef, params, cfg, sc: SamplingConfig, batch: int, length: int, mesh,
                      rules, unique: int | None = None):
   """`fn(params, cache, tokens, positions, key_data, stop_next, stop_accept) -> (tokens, lengths,
@@ -191,11 +197,9 @@ def make_generate_fn(graphdef, params, cfg, sc: SamplingConfig, batch: int, leng
   keys_sh = sharding.logical_sharding(("batch", None), (batch, 2), mesh, rules)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   fn = sharding.jit_apply(
-      lambda m, c, t, p, k, nxt, acc, *rows: generate(
-          m, c, t, p, jax.random.wrap_key_data(k), nxt, acc, sc, *rows), graphdef,
-      sharding.state_shardings(params, mesh, rules),
+      _generate_from_key_data, graphdef, sharding.state_shardings(params, mesh, rules),
       (cache_sh, row, row, keys_sh, replicated, replicated) + ((replicated,) if unique else ()),
-      (replicated, replicated, cache_sh), mesh, rules, donate_argnums=(1,))
+      (replicated, replicated, cache_sh), mesh, rules, donate_argnums=(1,), static=dict(sc=sc))
   return fn, jax.device_put(KVCache.init(cfg, batch, total), cache_sh)
 
 

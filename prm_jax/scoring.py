@@ -304,9 +304,10 @@ class Scorer:
     self.cap = cap = max(1, self.rows * self.seq_len // 2)
     replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self._fn = sharding.jit_apply(
-        lambda m, b: score_packed(m, b, cap, cap, self.neutral_is_positive, "sorted"), graphdef,
-        param_sh,
-        ({k: self._row for k in PACKED_KEYS},), replicated, self.mesh, rules)
+        score_packed, graphdef, param_sh, ({k: self._row for k in PACKED_KEYS},), replicated,
+        self.mesh, rules, static=dict(max_steps=cap, max_solutions=cap,
+                                      neutral_is_positive=self.neutral_is_positive,
+                                      layout="sorted"))
 
   @classmethod
   def from_run(cls, spec: str, config=None) -> "Scorer":

@@ -170,14 +170,44 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
 
 
 def jit_apply(fn: Callable, graphdef: nnx.GraphDef, param_shardings, arg_shardings,
-              out_shardings, mesh: Mesh, rules: Rules, donate_argnums=()):
+              out_shardings, mesh: Mesh, rules: Rules, donate_argnums=(), static=None):
   """`jax.jit` of `fn(model, *args)` over split model state with explicit in/out shardings.
 
   This is the project's pjit: every step function (forward, train step, scorer) is built with it.
+  With `static` (a dict of hashable values), the program is `fn(model, *args, **static)` and is
+  shared by every caller with the same `fn`, `static`, graph, shardings and mesh: a second Scorer
+  or Sampler over a model of the same shape (the next PRM of an active-learning loop, another
+  search method) reuses the compiled program instead of tracing and compiling it again. `fn` must
+  then be a module-level function, whose behaviour `static` fully determines.
   """
+  if static is None:
+    return _jit_apply(fn, graphdef, param_shardings, arg_shardings, out_shardings, mesh, rules,
+                      donate_argnums, {})
+  key = (fn, tuple(sorted(static.items())), graphdef, _frozen(param_shardings),
+         _frozen(arg_shardings), _frozen(out_shardings), mesh, _frozen(rules),
+         tuple(donate_argnums))
+  if key not in _SHARED_PROGRAMS:
+    if len(_SHARED_PROGRAMS) >= _MAX_SHARED_PROGRAMS:  # oldest first; its holders keep theirs
+      _SHARED_PROGRAMS.pop(next(iter(_SHARED_PROGRAMS)))
+    _SHARED_PROGRAMS[key] = _jit_apply(fn, graphdef, param_shardings, arg_shardings,
+                                       out_shardings, mesh, rules, donate_argnums, static)
+  return _SHARED_PROGRAMS[key]
+
+
+_SHARED_PROGRAMS: dict = {}
+_MAX_SHARED_PROGRAMS = 64
+
+
+def _frozen(tree) -> tuple:
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, tuple(leaves)
+
+
+def _jit_apply(fn, graphdef, param_shardings, arg_shardings, out_shardings, mesh, rules,
+               donate_argnums, static):
   def wrapped(state, *args):
     with use_rules(mesh, rules):
-      return fn(nnx.merge(graphdef, state), *args)
+      return fn(nnx.merge(graphdef, state), *args, **static)
   return jax.jit(wrapped, in_shardings=(param_shardings, *arg_shardings),
                  out_shardings=out_shardings, donate_argnums=donate_argnums)
 

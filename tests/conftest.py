@@ -110,6 +110,23 @@ def forward(model, *args):
   return _jitted_call()(model, *args)
 
 
+@contextlib.contextmanager
+def compiled_programs():
+  """The names of the XLA programs compiled inside the block (a list, filled as they compile)."""
+  from jax import monitoring
+  names = []
+
+  def on_compile(event, seconds, **kw):
+    if event == "/jax/core/compile/backend_compile_duration":
+      names.append(kw.get("fun_name", "?"))
+
+  monitoring.register_event_duration_secs_listener(on_compile)
+  try:
+    yield names
+  finally:
+    monitoring.unregister_event_duration_listener(on_compile)
+
+
 @pytest.fixture(scope="session")
 def tiny_cfg():
   from prm_jax.model import ModelConfig

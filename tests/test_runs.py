@@ -20,6 +20,7 @@ from prm_jax.records import Problem, read_solutions, write_jsonl
 from prm_jax.runs import Run, RunDir
 from prm_jax.sampling import Sampler
 from prm_jax.scoring import Scorer
+from tests.conftest import compiled_programs
 
 PRM_JAX = str(pathlib.Path(sys.executable).parent / "prm-jax")
 MESHES = [(8, 1, 1), (2, 2, 2), (1, 4, 2)]
@@ -76,6 +77,29 @@ def test_sampler_and_scorer_take_objects_and_the_configs_mesh(runs):
   with pytest.raises(ValueError, match="sampling needs a generator"):
     Sampler(Run.open(runs["prm"], sharding.make_mesh((8, 1, 1)), base.RULES).model,
             run.tokenizer, c)
+
+
+def test_a_second_sampler_and_scorer_of_the_same_shape_compile_nothing(runs, tmp_path):
+  """The next PRM of an active-learning loop, another search method: a Sampler or Scorer over a
+  model of the same shape on the same mesh reuses the compiled programs of the first."""
+  c = mesh_config((2, 2, 2))
+  c.sample.update(dict(batch_size=8, max_new_tokens=16, temperature=0.7))
+  problems = [Problem(f"p{i}", "Add.", "3") for i in range(3)]
+  sols = list(read_solutions(runs["solutions"]))[:24]
+  first = Sampler.from_run(runs["sft"], c).sample(problems, 2, seed=1)
+  scores = [s.scores["prm_steps"] for s in Scorer.from_run(runs["prm"], c).score(sols)]
+  other_prm = tmp_path / "prm_copy"  # another run's weights of the same shape
+  shutil.copytree(runs["prm"], other_prm)
+  with compiled_programs() as compiled:
+    again = Sampler.from_run(runs["sft"], c).sample(problems, 2, seed=1)
+    rescored = [s.scores["prm_steps"] for s in Scorer.from_run(str(other_prm), c).score(sols)]
+  assert [s.steps for s in again] == [s.steps for s in first]
+  for a, b in zip(rescored, scores):
+    np.testing.assert_array_equal(a, b)
+  assert [n for n in compiled if n == "jit(wrapped)"] == [], compiled
+  with compiled_programs() as compiled:  # a different setting is a different program
+    list(Scorer.from_run(runs["prm"], derive(c, {"score.neutral_is_positive": False})).score(sols))
+  assert "jit(wrapped)" in compiled
 
 
 def test_a_runs_neutral_is_positive_is_honoured(runs, tmp_path):

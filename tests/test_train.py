@@ -25,7 +25,7 @@ from prm_jax.runs import RunDir
 from prm_jax.train.loop import TrainingDiverged, train
 from prm_jax.train.metrics import MetricWriter
 from prm_jax.records import write_jsonl
-from tests.conftest import ROOT, one_digit_sums
+from tests.conftest import ROOT, compiled_programs, one_digit_sums
 
 PRM_JAX = os.path.join(os.path.dirname(sys.executable), "prm-jax")
 
@@ -338,9 +338,12 @@ def test_checkpoint_restores_onto_another_mesh_and_keeps_last_n(tmp_path, tok):
                                   mesh, base.RULES)
     states[shape] = trainer.create_train_state(model, tx, mesh, base.RULES)
   ck = Checkpointer(str(tmp_path / "ck"), save_every=1, keep=2)
-  for s in range(1, 5):
-    ck.save(s, states[(8, 1, 1)][1], {"iterator": {"s": s}})
-  ck.wait()
+  with compiled_programs() as compiled:
+    for s in range(1, 5):  # params replicated over 8 CPU devices
+      ck.save(s, states[(8, 1, 1)][1], {"iterator": {"s": s}})
+    ck.wait()
+  # one replica written, not split across the 8 (one slice program per shape): nothing compiles
+  assert compiled == []
   assert sorted(int(n) for n in os.listdir(tmp_path / "ck") if n.isdigit()) == [3, 4]
   _, target, target_sh = states[(2, 2, 2)]
   restored, data, step = ck.restore(abstract_with_shardings(target, target_sh))

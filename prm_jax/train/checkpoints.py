@@ -10,11 +10,34 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import functools
+import logging
+
+import jax
 import orbax.checkpoint as ocp
+
+
+@functools.cache
+def save_each_array_once_on_cpu() -> None:
+  """On CPU, orbax saves replicated arrays from one replica instead of splitting the writes across
+  replicas. CPU "devices" share the host's memory, so the split gains nothing, and it costs one
+  compiled slice program per array shape per process (2.8 s of a 13 s tiny training run,
+  measured). On accelerators orbax's own default stays (replica-parallel on TPU, off on GPU)."""
+  if jax.devices()[0].platform != "cpu":
+    return
+  absl_log = logging.getLogger("absl")  # orbax warns on every override, even a deliberate one
+  level = absl_log.level
+  absl_log.setLevel(logging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+  finally:
+    absl_log.setLevel(level)
 
 
 class Checkpointer:
   def __init__(self, directory: str, save_every: int, keep: int = 3, async_save: bool = True):
+    save_each_array_once_on_cpu()
     self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
         self.directory,
