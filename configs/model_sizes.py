@@ -27,7 +27,7 @@ _DEFAULTS = dict(head_dim=config_dict.placeholder(int), norm_eps=1e-6, rope_thet
                  qkv_bias=False, tie_embeddings=False,
                  sliding_window=config_dict.placeholder(int), dtype="float32",
                  param_dtype="float32", remat=False, scan_layers=False, init_std=0.02,
-                 attention_block=256)
+                 attention_block=128)
 
 
 def get(size: str) -> ml_collections.ConfigDict:

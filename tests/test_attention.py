@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from prm_jax.model import ModelConfig, RewardModel
-from prm_jax.model.transformer import attention_mask, blocked_attention
+from prm_jax.model.transformer import attend, attention_mask, blocked_attention
 
 # One program per (causal, block, window) instead of one dispatch per op and block.
 jit_blocked = jax.jit(blocked_attention, static_argnums=(4, 5, 6))
@@ -39,7 +39,9 @@ def test_blocked_attention_equals_one_call_over_the_row(window):
                     mlp_dim=8, sliding_window=window)
   seg = jnp.asarray(packed_segments(rng, b, t))
   positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+  short = jnp.asarray(np.broadcast_to(np.arange(t) // 3, (b, t)))  # every block its near keys only
   for mask in (attention_mask(cfg, positions, seg, None),
+               attention_mask(cfg, positions, short, None),
                attention_mask(dataclasses.replace(cfg, sliding_window=None), positions, None,
                               None)):
     causal = mask is None
@@ -51,9 +53,34 @@ def test_blocked_attention_equals_one_call_over_the_row(window):
     assert blocked_attention(q, kk, v, mask, causal, 0) is not None
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_attend_equals_jax_dot_product_attention(dtype):
+  """The written-out attention (its own layout of the value product) gives what jax's gives: with
+  grouped KV heads, a causal flag, a packed mask whose padding queries see nothing, more keys than
+  queries (a cache), and in bfloat16."""
+  rng = np.random.default_rng(2)
+  b, t, s, n, k, h = 2, 12, 20, 6, 2, 8
+  dt = jnp.dtype(dtype)
+  q = jnp.asarray(rng.normal(size=(b, t, n, h)), dt)
+  kk = jnp.asarray(rng.normal(size=(b, s, k, h)), dt)
+  v = jnp.asarray(rng.normal(size=(b, s, k, h)), dt)
+  mask = rng.random((b, 1, t, s)) < 0.6
+  mask[0, 0, 3] = False  # a query that sees no key (padding): finite, as jax's
+  mask = jnp.asarray(mask)
+  tol = dict(rtol=1e-5, atol=2e-6) if dtype == "float32" else dict(rtol=2e-2, atol=2e-2)
+  ours = jax.jit(attend, static_argnums=4)
+  theirs = jax.jit(jax.nn.dot_product_attention, static_argnames="is_causal")
+  for m, causal, keys in ((mask, False, s), (None, True, t)):
+    got = ours(q, kk[:, :keys], v[:, :keys], m, causal)
+    want = theirs(q, kk[:, :keys], v[:, :keys], mask=m, is_causal=causal)
+    assert got.dtype == want.dtype == dt and got.shape == (b, t, n, h)
+    assert np.isfinite(np.asarray(got, np.float32)).all()
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), **tol)
+
+
 def test_a_blocked_reward_model_scores_and_trains_like_an_unblocked_one():
   """Packed rows through the whole model: same logits and same gradients with blocks of 16 as
-  with one block (the default 256 covers these 64-token rows in one call)."""
+  with one block (the default 128 covers these 64-token rows in one call)."""
   rng = np.random.default_rng(1)
   base = ModelConfig(vocab_size=64, dim=32, num_layers=2, num_heads=4, num_kv_heads=2,
                      mlp_dim=64, max_seq_len=64, attention_block=0)

@@ -40,7 +40,7 @@ class ModelConfig:
   tie_embeddings: bool = False
   sliding_window: int | None = None
   max_seq_len: int = 2048
-  attention_block: int = 256    # queries per block of uncached attention (0: all at once)
+  attention_block: int = 128    # queries per block of uncached attention (0: all at once)
   dtype: str = "float32"        # compute dtype of activations and matmuls
   param_dtype: str = "float32"  # storage dtype of the (master) weights
   remat: bool = False           # rematerialise each block in the backward pass

@@ -12,6 +12,7 @@ import math
 from typing import NamedTuple
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
@@ -91,26 +92,63 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
   return out.astype(x.dtype)
 
 
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+           is_causal: bool) -> jax.Array:
+  """softmax(q k^T / sqrt(H)) v over grouped KV heads: q [B,T,N,H], k/v [B,S,K,H], mask
+  [B,1,T,S] or None; [B,T,N,H] out. The numerics of `jax.nn.dot_product_attention`'s XLA path
+  (scores and softmax in float32, masked scores a large finite negative), with the value product
+  laid out as [B,K,G,T,H] and transposed after: XLA's CPU dot writes the [B,T,K,G,H] layout that
+  jax's path asks for about 2.5x slower (16 x 256 tokens, 4 heads of 16: 14 vs 36 ms, measured).
+  On GPU, jax's own function, which can take cuDNN's fused kernel."""
+  if jax.default_backend() == "gpu":
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+  b, t, n, h = q.shape
+  s, kh = k.shape[1], k.shape[2]
+  g = n // kh
+  precision = (jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None)
+  logits_dtype = jnp.promote_types(q.dtype, jnp.float32)
+  logits = jnp.einsum("btkgh,bskh->bkgts", q.reshape(b, t, kh, g, h), k, precision=precision,
+                      preferred_element_type=logits_dtype)
+  logits = (logits * jnp.asarray(h ** -0.5, logits.dtype)).astype(jnp.float32)
+  if is_causal and mask is None:
+    mask = (jnp.arange(t)[:, None] >= jnp.arange(s)[None, :])[None, None]
+  if mask is not None:  # [B,1,T,S] -> [B,1,1,T,S]
+    logits = jnp.where(mask[:, :, None], logits, np.float32(-0.7 * np.finfo(np.float32).max))
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskh->bkgth", probs, v)
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
 def blocked_attention(q, k, v, mask, is_causal: bool, block: int, window: int | None = None):
   """Causal self-attention (q [B,T,N,H], k/v [B,T,K,H], mask [B,1,T,T] or None) in query blocks
   of `block`: block i attends to keys [0, end of block i) only (with a sliding `window`, from
-  `window - 1` before its start), so keys that are all masked out are never scored. Same result
-  as one `dot_product_attention` over the whole row up to float rounding, with about half the work
-  on long rows and scores small enough to stay in cache (2-3x faster on CPU at 1024 tokens).
-  `block` 0 or >= T: one call."""
+  `window - 1` before its start), so keys that are all masked out are never scored. With a mask
+  (packed rows), a block whose queries see no key more than `2 * block` before it (every segment
+  in it starts within two blocks: PRM800K-length solutions in rows of 1024) scores only the keys
+  from there, chosen at run time by `lax.cond`, exact either way. Same result as one `attend` over
+  the whole row up to float rounding, with much less work on long rows and scores small enough to
+  stay in cache (2-3x faster on CPU at 1024 tokens). `block` 0 or >= T: one call."""
   t = q.shape[1]
   if not block or t <= block:
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+    return attend(q, k, v, mask, is_causal)
   outs = []
   for start in range(0, t, block):
     end = min(t, start + block)
     first = max(0, start - window + 1) if window else 0
+    near = max(first, start - 2 * block)
     if mask is None:
       m = (jnp.arange(start, end)[:, None] >= jnp.arange(first, end)[None, :])[None, None]
+      outs.append(attend(q[:, start:end], k[:, first:end], v[:, first:end], m, False))
+      continue
+
+    def keys_from(a, start=start, end=end):
+      return attend(q[:, start:end], k[:, a:end], v[:, a:end], mask[:, :, start:end, a:end], False)
+    if near == first:
+      outs.append(keys_from(first))
     else:
-      m = mask[:, :, start:end, first:end]
-    outs.append(jax.nn.dot_product_attention(q[:, start:end], k[:, first:end], v[:, first:end],
-                                             mask=m))
+      far_visible = jnp.any(mask[:, :, start:end, first:near])
+      outs.append(jax.lax.cond(far_visible, lambda f=first: keys_from(f),
+                               lambda n=near: keys_from(n)))
   return jnp.concatenate(outs, axis=1)
 
 

@@ -212,7 +212,7 @@ def _adopt_starting_architecture(config) -> ml_collections.ConfigDict:
   if is_hf(spec):
     m = config.model
     cfg = model_config_of(spec, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-                          scan_layers=m.scan_layers, attention_block=m.get("attention_block", 256))
+                          scan_layers=m.scan_layers, attention_block=m.get("attention_block", 128))
   else:
     cfg = model_config_of(spec)
   model = dataclasses.asdict(cfg)
