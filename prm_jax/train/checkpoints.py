@@ -7,11 +7,10 @@ latest. Restore takes target shardings, so a checkpoint written on one mesh rest
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import functools
 import logging
+import os
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
