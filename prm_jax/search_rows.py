@@ -5,13 +5,14 @@ stops at the step end: `step_tables`), the PRM scores the new step against its c
 `select(parents)` makes row r continue row parents[r]'s prefix by copying cache rows (no prefix is
 prefilled twice). `mark` / `restore` undo a lookahead. With `reuse_cache=False` both re-read every
 whole prefix instead (the benchmark's peer and the tests' reference). Programs are jitted with
-explicit shardings, compiled once per shape, and shared by every search over the same model.
+explicit shardings, compiled once per shape, and shared by every search over a model of the same
+shape on the same mesh (`sharding.jit_apply`'s `static`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import weakref
+import functools
 from typing import Sequence
 
 import jax
@@ -108,8 +109,7 @@ def _room(rows, need: int) -> bool:
     return False
   if need > rows.size:
     new = min(rows.max_size, _round(need, 128))
-    fn = rows.p.plain_fn(("grow", rows.size, new), lambda c: grow(c, new),
-                         rows.p.cache_sh(rows.cfg, rows.b, new))
+    fn = rows.p.plain_fn(grow, rows.p.cache_sh(rows.cfg, rows.b, new), size=new)
     rows.size = new
     rows.set_cache(fn(rows.get_cache()))
   return True
@@ -194,14 +194,59 @@ def _pow2(n: int, low: int = 8) -> int:
   return max(low, 1 << max(0, n - 1).bit_length())
 
 
-class _Programs:
-  """One model's jitted programs on the mesh, compiled once per shape, with explicit shardings.
-  `programs(owner, rows)` shares them between the searches over the same Sampler / Scorer."""
+def _keys_at(key_data: jax.Array, i: jax.Array) -> jax.Array:
+  """Each row's key for round `i`: its key data folded with the round."""
+  return jax.vmap(lambda x: jax.random.fold_in(x, i))(jax.random.wrap_key_data(key_data))
 
-  def __init__(self, graphdef, params, mesh, rules):
-    self.graphdef, self.params, self.mesh, self.rules = graphdef, params, mesh, tuple(rules)
-    self.param_sh = sharding.state_shardings(params, mesh, self.rules)
-    self.replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+# The programs, as module-level functions of (model, *arrays, **static): `sharding.jit_apply`
+# shares each compiled one between every search over a model of the same shape on the same mesh.
+
+def _generator_prefill(m, tokens, positions, rows, *, cfg, size):
+  return prefill(m.decode, cfg, tokens, positions, size, rows)
+
+
+def _generator_step(m, cache, last, pos, keys, i, live, nxt, kind, *, sc, steps):
+  return decode_step(m, cache, last, pos, _keys_at(keys, i), live, nxt, kind, sc, steps)
+
+
+def _generator_from_scratch(m, tokens, positions, keys, i, live, nxt, kind, *, cfg, sc, steps):
+  cache, last, pos = prefill(m.decode, cfg, tokens, positions, tokens.shape[1] + steps)
+  return decode_step(m, cache, last, pos, _keys_at(keys, i), live, nxt, kind, sc, steps)[:3]
+
+
+def _prm_prefill(m, tokens, positions, rows, *, cfg, size, nip):
+  return prefill(prm_forward(m, nip), cfg, tokens, positions, size, rows)[0]
+
+
+def _prm_chunk(m, cache, tokens, positions, *, nip):
+  probs, cache = prm_forward(m, nip)(tokens, cache, positions)
+  return cache, probs
+
+
+def _prm_from_scratch(m, tokens, positions, *, cfg, nip):
+  return prm_forward(m, nip)(tokens, _empty(cfg, *tokens.shape), positions)[0]
+
+
+def _take_cache(cache: KVCache, rows: jax.Array) -> KVCache:
+  return take_rows(cache, rows)[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_program(fn, out_sh, donate: tuple, static: tuple):
+  return jax.jit(functools.partial(fn, **dict(static)) if static else fn, out_shardings=out_sh,
+                 donate_argnums=donate)
+
+
+class _Programs:
+  """One model's shardings on the mesh and its jitted programs (compiled once per shape, shared
+  by every search over a model of the same shape: `sharding.jit_apply`'s `static`)."""
+
+  def __init__(self, owner):
+    self.graphdef, self.params, self.mesh = owner.graphdef, owner.params, owner.mesh
+    self.rules = tuple(owner.rules)
+    self.param_sh = sharding.state_shardings(self.params, self.mesh, self.rules)
+    self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self.fns: dict = {}
 
   def sh(self, axes, shape) -> jax.sharding.NamedSharding:
@@ -220,28 +265,18 @@ class _Programs:
     kv = self.sh(KV_AXES, (cfg.num_layers, b, s, cfg.num_kv_heads, cfg.head_dim))
     return KVCache(kv, kv, self.sh(("batch",), (b, s)), self.replicated)
 
-  def model_fn(self, key, fn, args_sh, out_sh, donate=()):
+  def model_fn(self, fn, args_sh, out_sh, donate=(), **static):
+    """`fn(model, *args, **static)` jitted over the weights with these shardings."""
+    key = (fn, tuple(sorted(static.items())), args_sh, out_sh, tuple(donate))
     if key not in self.fns:
       self.fns[key] = sharding.jit_apply(fn, self.graphdef, self.param_sh, args_sh, out_sh,
-                                         self.mesh, self.rules, donate_argnums=donate)
+                                         self.mesh, self.rules, donate_argnums=donate,
+                                         static=static)
     return self.fns[key]
 
-  def plain_fn(self, key, fn, out_sh, donate=()):
-    if key not in self.fns:
-      self.fns[key] = jax.jit(fn, out_shardings=out_sh, donate_argnums=donate)
-    return self.fns[key]
-
-
-_SHARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def programs(owner, rows: int) -> _Programs:
-  """The programs over `owner`'s weights (a Sampler or a Scorer) for batches of `rows`: every
-  Searcher over the same model compiles each shape once."""
-  by_rows = _SHARED.setdefault(owner, {})
-  if rows not in by_rows:
-    by_rows[rows] = _Programs(owner.graphdef, owner.params, owner.mesh, owner.rules)
-  return by_rows[rows]
+  def plain_fn(self, fn, out_sh, donate=(), **static):
+    """`fn(*args, **static)` jitted with these output shardings (no weights)."""
+    return _plain_program(fn, out_sh, tuple(donate), tuple(sorted(static.items())))
 
 
 # ----------------------------------------------------------------------------- the two models' rows
@@ -252,7 +287,7 @@ class GeneratorRows:
 
   def __init__(self, sampler: Sampler, rows: int, sc: SearchConfig, stop_at_answer: bool = True):
     self.sampler, self.b, self.sc, self.cfg = sampler, rows, sc, sampler.cfg
-    self.p = programs(sampler, rows)
+    self.p = _Programs(sampler)
     nxt, kind = step_tables(sampler.format, sampler.tok, stop_at_answer)
     self.tables = (self.p.whole(nxt), self.p.whole(kind))
     self.greedy = dataclasses.replace(sampler.sc, temperature=0.0)
@@ -275,9 +310,8 @@ class GeneratorRows:
     self.size = min(self.max_size, _round(length + 2 * self.sc.max_step_tokens, 128))
     tokens, positions = left_pad([list(x) for x in index], length, self.sampler.tok.pad_id)
     p, cfg, size = self.p, self.cfg, self.size
-    fn = p.model_fn(("prefill", tokens.shape, size), lambda m, t, q, r: prefill(
-        m.decode, cfg, t, q, size, r), (p.sh(("batch",), tokens.shape),) * 2 + (p.replicated,),
-        self._state_sh())
+    fn = p.model_fn(_generator_prefill, (p.sh(("batch",), tokens.shape),) * 2 + (p.replicated,),
+                    self._state_sh(), cfg=cfg, size=size)
     self.state = fn(p.params, p.rows(tokens), p.rows(positions), p.whole(rows))
 
   def get_cache(self) -> KVCache:
@@ -297,14 +331,10 @@ class GeneratorRows:
         self.sc.max_step_tokens
     rep = p.replicated
     args = (p.sh(("batch",), (b, 2)), rep, p.sh(("batch",), (b,)), rep, rep)
-
-    def keys_at(k, i):
-      return jax.vmap(lambda x: jax.random.fold_in(x, i))(jax.random.wrap_key_data(k))
     if self.sc.reuse_cache:
       shs = self._state_sh()
-      fn = p.model_fn(("step", greedy, steps, self.size), lambda m, c, l, q, k, i, v, nx, kd: decode_step(
-          m, c, l, q, keys_at(k, i), v, nx, kd, sc, steps), shs + args, (rep,) * 3 + shs,
-          donate=(1,))
+      fn = p.model_fn(_generator_step, shs + args, (rep,) * 3 + shs, donate=(1,), sc=sc,
+                      steps=steps)
       out = fn(p.params, *self.state, self.keys, np.int32(t), p.rows(live), *self.tables)
       out, self.state = out[:3], out[3:]
     else:
@@ -312,12 +342,8 @@ class GeneratorRows:
       length = _round(max(map(len, seqs)), 64)
       tokens, positions = left_pad(seqs, length, self.sampler.tok.pad_id)
       self.processed += np.where(live, [len(x) for x in seqs], 0)
-
-      def scratch(m, tk, ps, k, i, v, nx, kd):
-        cache, last, pos = prefill(m.decode, cfg, tk, ps, length + steps)
-        return decode_step(m, cache, last, pos, keys_at(k, i), v, nx, kd, sc, steps)[:3]
-      fn = p.model_fn(("scratch", greedy, steps, length), scratch,
-                      (p.sh(("batch",), (b, length)),) * 2 + args, (rep,) * 3)
+      fn = p.model_fn(_generator_from_scratch, (p.sh(("batch",), (b, length)),) * 2 + args,
+                      (rep,) * 3, cfg=cfg, sc=sc, steps=steps)
       out = fn(p.params, p.rows(tokens), p.rows(positions), self.keys, np.int32(t), p.rows(live),
                *self.tables)
     tokens, lengths, kinds = (sharding.to_host(x) for x in out)
@@ -331,7 +357,7 @@ class GeneratorRows:
     """Row r continues row `parents[r]`'s prefix (its cache rows copied, never re-prefilled)."""
     self.paths = [list(self.paths[q]) for q in parents]
     if self.sc.reuse_cache and not np.array_equal(parents, np.arange(self.b)):
-      fn = self.p.plain_fn(("take", self.size), take_rows, self._state_sh())
+      fn = self.p.plain_fn(take_rows, self._state_sh())
       self.state = fn(self.state[0], self.p.whole(parents.astype(np.int32)), *self.state[1:])
 
   def mark(self) -> None:
@@ -344,7 +370,7 @@ class GeneratorRows:
     self.paths = [x[:n] for x, n in zip(self.paths, lens)]
     if saved is not None:
       rest, self.index = saved
-      fn = self.p.plain_fn(("rewind", self.size), rewind, self._state_sh()[0], donate=(0,))
+      fn = self.p.plain_fn(rewind, self._state_sh()[0], donate=(0,))
       self.state = (fn(self.state[0], np.int32(self.index)),) + rest
 
 
@@ -358,7 +384,7 @@ class PRMRows:
     if scorer.kind != "prm":
       raise ValueError(f"search needs a PRM (step scores); the reward model is an {scorer.kind}")
     self.scorer, self.b, self.sc, self.cfg = scorer, rows, sc, scorer.cfg
-    self.p = programs(scorer, rows)
+    self.p = _Programs(scorer)
     self.nip, self.buckets = scorer.neutral_is_positive, tuple(buckets)
     self.processed = np.zeros(rows, np.int64)   # tokens run through the PRM, per row
 
@@ -382,10 +408,8 @@ class PRMRows:
     self.max_size, self.index = length + 2 * self.sc.max_new_tokens + 64, length
     self.size = min(self.max_size, _round(length + 4 * self.sc.max_step_tokens, 128))
     tokens, positions = left_pad([list(x) for x in index], length, tok.pad_id)
-    size, fwd = self.size, prm_forward
-    fn = p.model_fn(("prefill", tokens.shape, size), lambda m, t, q, r: prefill(
-        fwd(m, self.nip), cfg, t, q, size, r)[0], (p.sh(("batch",), tokens.shape),) * 2 +
-        (p.replicated,), p.cache_sh(cfg, self.b, size))
+    fn = p.model_fn(_prm_prefill, (p.sh(("batch",), tokens.shape),) * 2 + (p.replicated,),
+                    p.cache_sh(cfg, self.b, self.size), cfg=cfg, size=self.size, nip=self.nip)
     self.cache = fn(p.params, p.rows(tokens), p.rows(positions), p.whole(rows))
 
   def get_cache(self) -> KVCache:
@@ -422,13 +446,11 @@ class PRMRows:
         raise RuntimeError(f"the PRM's cache of {self.size} slots is full; raise "
                            "config.search.max_new_tokens")
       c_sh = p.cache_sh(cfg, b, self.size)
-      fn = p.model_fn(("chunk", width, self.size), lambda m, c, t, q: prm_forward(m, self.nip)(
-          t, c, q)[::-1], (c_sh, row, row), (c_sh, rep), donate=(1,))
+      fn = p.model_fn(_prm_chunk, (c_sh, row, row), (c_sh, rep), donate=(1,), nip=self.nip)
       self.cache, probs = fn(p.params, self.cache, p.rows(tokens), p.rows(positions))
       self.index += width
     else:
-      fn = p.model_fn(("full", width), lambda m, t, q: prm_forward(m, self.nip)(
-          t, _empty(cfg, b, width), q)[0], (row, row), rep)
+      fn = p.model_fn(_prm_from_scratch, (row, row), rep, cfg=cfg, nip=self.nip)
       probs = fn(p.params, p.rows(tokens), p.rows(positions))
     probs = sharding.to_host(probs)
     for r, (t, _) in pieces.items():
@@ -439,8 +461,7 @@ class PRMRows:
   def select(self, parents: np.ndarray) -> None:
     self.seqs = [list(self.seqs[q]) for q in parents]
     if self.sc.reuse_cache and not np.array_equal(parents, np.arange(self.b)):
-      fn = self.p.plain_fn(("take", self.size), lambda c, r: take_rows(c, r)[0],
-                           self.p.cache_sh(self.cfg, self.b, self.size))
+      fn = self.p.plain_fn(_take_cache, self.p.cache_sh(self.cfg, self.b, self.size))
       self.cache = fn(self.cache, self.p.whole(parents.astype(np.int32)))
 
   def mark(self) -> None:
@@ -451,6 +472,5 @@ class PRMRows:
     self.seqs = [x[:n] for x, n in zip(self.seqs, lens)]
     if self.sc.reuse_cache:
       self.index = index
-      fn = self.p.plain_fn(("rewind", self.size), rewind,
-                           self.p.cache_sh(self.cfg, self.b, self.size), donate=(0,))
+      fn = self.p.plain_fn(rewind, self.p.cache_sh(self.cfg, self.b, self.size), donate=(0,))
       self.cache = fn(self.cache, np.int32(index))

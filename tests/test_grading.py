@@ -11,7 +11,7 @@ import time
 import pytest
 import sympy
 
-from prm_jax import grading
+from prm_jax import answer_text, grading, safe_math
 from prm_jax.grading import extract_answer, extract_boxed, grade_answer
 from tests.conftest import FIXTURES, ROOT
 
@@ -503,7 +503,7 @@ def test_math_verify_mode_refuses_what_its_extractor_cannot_read():
 
 def _unwrap_by_replacing(s, name):
   """The old `_unwrap_command`: search and replace until no `\\name{` is left (quadratic)."""
-  from prm_jax.grading import _brace_content
+  from prm_jax.answer_text import _brace_content
   key = "\\" + name + "{"
   while key in s:
     i = s.index(key)
@@ -517,7 +517,7 @@ def _unwrap_by_replacing(s, name):
 def _units_by_old_regex(s):
   """The old units pattern, whose `\\s*` after a `\\s` lookbehind split a run of spaces every way."""
   import re
-  from prm_jax.grading import _UNITS
+  from prm_jax.answer_text import _UNITS
   units = "|".join(re.escape(u) for u in sorted(_UNITS, key=len, reverse=True))
   return re.sub(rf"(?<=[\d}}).\s])\s*(?:{units})(?:\^?\{{?\d\}}?)?(?![a-zA-Z])", "", s)
 
@@ -525,7 +525,7 @@ def _units_by_old_regex(s):
 def _boxed_by_rescanning(text):
   """The old `extract_boxed`: one brace scan per `\\boxed`, from the last."""
   import re
-  from prm_jax.grading import _brace_content
+  from prm_jax.answer_text import _brace_content
   if not text:
     return None
   for m in reversed(list(re.finditer(r"\\(?:boxed|fbox)\s*", text))):
@@ -554,8 +554,8 @@ def test_the_linear_rewrites_equal_the_quadratic_originals():
   @settings(max_examples=400, deadline=None, derandomize=True, database=None)
   @given(pieces)
   def check(s):
-    assert grading._unwrap_command(s, "text") == _unwrap_by_replacing(s, "text"), s
-    assert grading._UNITS_RE.sub("", s) == _units_by_old_regex(s), s
+    assert answer_text._unwrap_command(s, "text") == _unwrap_by_replacing(s, "text"), s
+    assert answer_text._UNITS_RE.sub("", s) == _units_by_old_regex(s), s
     assert grading.extract_boxed(s) == _boxed_by_rescanning(s), s
   check()
 
@@ -735,7 +735,7 @@ def test_the_parser_limits_hold_at_their_boundaries():
     with pytest.raises(Refused) as e:
       P(text)
     return str(e.value)
-  assert len(grading._tokens("-1" + "+1" * 99)) == 200 and P("-1" + "+1" * 99) == 98
+  assert len(safe_math._tokens("-1" + "+1" * 99)) == 200 and P("-1" + "+1" * 99) == 98
   assert refused("1" + "+1" * 100) == "too many tokens"
   limit = sys.getrecursionlimit()
   sys.setrecursionlimit(max(limit, 5000))  # room for mutmut's trampolines (frames per call)
@@ -859,7 +859,7 @@ def test_grading_helpers_at_the_edges_mutation_testing_found():
   with pytest.raises(ValueError, match="^unbalanced \\\\frac$"):
     grading.latex_to_plain("\\frac{1")
   assert grading.latex_to_plain("\\{x\\}") == "\\{x\\}"
-  assert grading._fix_fracs("a\\frac{1") == "a\\frac{1"
+  assert answer_text._fix_fracs("a\\frac{1") == "a\\frac{1"
   assert not grading._exponents_allowed("x^a^2") and grading._exponents_allowed("x^a2")
   assert grading._unknown_letters("\\foo", "\\bar") == 2
   edge = "\\frac{1}{2}" + " " * (grading.MAX_ANSWER - 11)  # MAX_ANSWER characters: normalised

@@ -162,6 +162,22 @@ def test_cache_reuse_gives_the_same_search_as_re_prefilling(sampler, scorer):
       np.testing.assert_allclose(s.scores["prm_steps"], r.scores["prm_steps"], atol=1e-4)
 
 
+
+def test_a_second_search_over_reopened_runs_compiles_nothing(runs, sampler, scorer):
+  """Another search method's Searcher, the next PRM of a loop: a Searcher over a Sampler and a
+  Scorer opened again (new objects, same shapes, same mesh) reuses every compiled program."""
+  from prm_jax.sampling import Sampler
+  from prm_jax.scoring import Scorer
+  from tests.conftest import compiled_programs
+  c = search_config(method="beam", lookahead=1, aggregate="last", reuse_cache=True)
+  first = Searcher(sampler, scorer, c).search(PROBLEMS, seed=3)
+  again_sampler, again_scorer = Sampler.from_run(runs["sft"], c), Scorer.from_run(runs["prm"], c)
+  with compiled_programs() as compiled:
+    again = Searcher(again_sampler, again_scorer, c).search(PROBLEMS, seed=3)
+  assert [s.steps for s in again] == [s.steps for s in first]
+  ours = ("wrapped", "take", "rewind", "grow")
+  assert [n for n in compiled if any(w in n for w in ours)] == [], compiled
+
 def launch(*args):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
   return subprocess.Popen([PRM_JAX, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
