@@ -291,23 +291,44 @@ class Scorer:
     self.neutral_is_positive = bool(config.train.neutral_is_positive if nip is None else nip)
     div = sharding.batch_divisor(self.mesh, rules)
     self.rows = max(div, sc.rows - sc.rows % div)
+    # A batch that fills only some rows (the last of a job, or a call with a few solutions: the N
+    # candidates of one problem) runs at the smallest of these row counts that holds it.
+    self.row_buckets = sorted({self.rows} | {div << k for k in range(self.rows.bit_length())
+                                             if div << k < self.rows})
     self.seq_len, self.chunk, self.pack = sc.seq_len, sc.chunk, bool(sc.get("pack", True))
     graphdef, params = nnx.split(model)
     self.graphdef, self.rules = graphdef, rules   # for other programs over the same weights (search)
-    param_sh = sharding.state_shardings(params, self.mesh, rules)
-    self.params = jax.device_put(params, param_sh)
-    self._row = sharding.logical_sharding(("batch", None), (self.rows, self.seq_len), self.mesh,
-                                          rules)
+    self._param_sh = sharding.state_shardings(params, self.mesh, rules)
+    self.params = jax.device_put(params, self._param_sh)
     self.format = StepFormat.from_config(config.get("format"))
     self.format.check(tokenizer)
     # static sizes of the step gather; pack_for_scoring never puts more into one batch
-    self.cap = cap = max(1, self.rows * self.seq_len // 2)
-    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    self._fn = sharding.jit_apply(
-        score_packed, graphdef, param_sh, ({k: self._row for k in PACKED_KEYS},), replicated,
-        self.mesh, rules, static=dict(max_steps=cap, max_solutions=cap,
-                                      neutral_is_positive=self.neutral_is_positive,
-                                      layout="sorted"))
+    self.cap = self._cap(self.rows)
+    self._programs = {}
+
+  def _cap(self, rows: int) -> int:
+    return max(1, rows * self.seq_len // 2)
+
+  def _program(self, rows: int):
+    """The jitted `score_packed` for batches of `rows` rows, and their sharding."""
+    from prm_jax import sharding
+    if rows not in self._programs:
+      row = sharding.logical_sharding(("batch", None), (rows, self.seq_len), self.mesh, self.rules)
+      replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+      cap = self._cap(rows)
+      fn = sharding.jit_apply(
+          score_packed, self.graphdef, self._param_sh, ({k: row for k in PACKED_KEYS},),
+          replicated, self.mesh, self.rules,
+          static=dict(max_steps=cap, max_solutions=cap,
+                      neutral_is_positive=self.neutral_is_positive, layout="sorted"))
+      self._programs[rows] = fn, row
+    return self._programs[rows]
+
+  def _bucket(self, pb: PackedBatch) -> int:
+    """The fewest rows, from `row_buckets`, that hold a packed batch's used rows and steps."""
+    used = int(np.flatnonzero((pb.arrays["solution_id"] >= 0).any(axis=1)).max(initial=0)) + 1
+    return next(r for r in self.row_buckets
+                if r >= used and self._cap(r) >= max(pb.num_steps, len(pb.solution_index)))
 
   @classmethod
   def from_run(cls, spec: str, config=None) -> "Scorer":
@@ -332,8 +353,10 @@ class Scorer:
     enc = [self.format.encode(self.tok, s.problem, s.steps, max_len=self.seq_len) for s in sols]
     for pb in pack_for_scoring([(e.tokens, e.step_ends) for e in enc], self.seq_len, self.rows,
                                self.pack, max_steps=self.cap, max_solutions=self.cap):
-      batch = {k: sharding.put_global(v, self._row) for k, v in pb.arrays.items()}
-      out = {k: sharding.to_host(v) for k, v in self._fn(self.params, batch).items()}
+      rows = self._bucket(pb)
+      fn, row = self._program(rows)
+      batch = {k: sharding.put_global(v[:rows], row) for k, v in pb.arrays.items()}
+      out = {k: sharding.to_host(v) for k, v in fn(self.params, batch).items()}
       for k, i in enumerate(pb.solution_index):
         s, e = sols[i], enc[i]
         scores = dict(s.scores or {})

@@ -40,6 +40,12 @@ def test_blocked_attention_equals_one_call_over_the_row(window):
   seg = jnp.asarray(packed_segments(rng, b, t))
   positions = jnp.broadcast_to(jnp.arange(t), (b, t))
   short = jnp.asarray(np.broadcast_to(np.arange(t) // 3, (b, t)))  # every block its near keys only
+  packed = np.asarray(attention_mask(cfg, positions, seg, None))[:, 0]
+  pad = np.asarray(seg) == 0
+  assert pad.any()  # padding sees only itself: it never makes a block score far keys
+  np.testing.assert_array_equal(packed[pad], np.eye(t, dtype=bool)[np.nonzero(pad)[1]])
+  for r in range(b):  # and no real query sees a padding key
+    assert not packed[r][~pad[r]][:, pad[r]].any()
   for mask in (attention_mask(cfg, positions, seg, None),
                attention_mask(cfg, positions, short, None),
                attention_mask(dataclasses.replace(cfg, sliding_window=None), positions, None,

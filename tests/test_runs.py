@@ -35,7 +35,7 @@ def prm_jax(*args, devices: int = 8, timeout: int = 600):
 def mesh_config(shape, **score):
   c = base.get_config()
   c.mesh.update(dict(zip(("data", "fsdp", "tensor"), shape)))
-  c.score.update(dict(seq_len=64, rows=8, **score))
+  c.score.update(dict(dict(seq_len=64, rows=8), **score))
   return c
 
 
@@ -100,6 +100,35 @@ def test_a_second_sampler_and_scorer_of_the_same_shape_compile_nothing(runs, tmp
   with compiled_programs() as compiled:  # a different setting is a different program
     list(Scorer.from_run(runs["prm"], derive(c, {"score.neutral_is_positive": False})).score(sols))
   assert "jit(wrapped)" in compiled
+
+
+def test_a_few_solutions_run_on_the_fewest_rows_that_hold_them(runs):
+  """A call with a few solutions (the N candidates of one problem), or a job's last batch, runs on
+  the smallest row count that holds its packed rows, a multiple of the mesh's batch split, and
+  scores as it does inside a full batch."""
+  from prm_jax.scoring import pack_for_scoring
+  c = mesh_config((2, 2, 2), rows=16, chunk=64)  # the batch splits 4 ways: buckets 4, 8, 16
+  sols = list(read_solutions(runs["solutions"]))[:40]
+  scorer = Scorer.from_run(runs["prm"], c)
+  assert scorer.row_buckets == [4, 8, 16]
+  full = [s.scores for s in scorer.score(sols)]
+  enc = [scorer.format.encode(scorer.tok, s.problem, s.steps, max_len=scorer.seq_len)
+         for s in sols]
+
+  def rows_used(n):  # how many rows the packer fills with the first n solutions
+    (pb,) = pack_for_scoring([(e.tokens, e.step_ends) for e in enc[:n]], scorer.seq_len,
+                             scorer.rows, max_steps=scorer.cap, max_solutions=scorer.cap)
+    return int((pb.arrays["solution_id"] >= 0).any(axis=1).sum()), scorer._bucket(pb)
+  few = next(n for n in range(1, 40) if rows_used(n)[0] == 5)  # 5 rows: the 8-row bucket
+  assert rows_used(few) == (5, 8) and rows_used(1) == (1, 4)
+  assert rows_used(40)[0] > 8 and rows_used(40)[1] == 16  # the full batch really is 16 rows
+  alone = [s.scores for s in scorer.score(sols[:few])]
+  one = [s.scores for s in scorer.score(sols[:1])]
+  assert {4, 8, 16} == set(scorer._programs)  # each call ran its own bucket's program
+  for got, want in zip(alone + one, full[:few] + full[:1]):
+    assert got.keys() == want.keys()
+    for k in got:
+      np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-7)
 
 
 def test_a_runs_neutral_is_positive_is_honoured(runs, tmp_path):

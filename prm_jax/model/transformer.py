@@ -224,7 +224,9 @@ class Block(nnx.Module):
 def attention_mask(cfg: ModelConfig, positions, segment_ids, cache_pos):
   """Boolean mask [B,1,T,S], or None when plain causal attention (`is_causal=True`) is exact.
 
-  Without a cache, causality is by token index and packed segments never see each other. With a cache,
+  Without a cache, causality is by token index and packed segments never see each other; padding
+  (segment 0) sees only itself, so a block of padding never makes `blocked_attention` score the
+  keys far before it (its output is unused, and the same for every block size). With a cache,
   a query at position p sees the filled slots holding positions <= p (slots of left padding hold -1).
   """
   t = positions.shape[1]
@@ -233,8 +235,9 @@ def attention_mask(cfg: ModelConfig, positions, segment_ids, cache_pos):
       return None
     idx = jnp.arange(t)
     mask = (idx[None, :, None] >= idx[None, None, :])
-    if segment_ids is not None:
-      mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    if segment_ids is not None:  # padding (segment 0) sees only itself: no far keys to score
+      same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
+      mask = mask & (same | (idx[:, None] == idx[None, :])[None])
     if cfg.sliding_window is not None:
       mask = mask & (idx[None, :, None] - idx[None, None, :] < cfg.sliding_window)
   else:
