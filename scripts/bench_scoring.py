@@ -2,8 +2,9 @@
 
 1. Per-solution aggregation of 100k solutions (prod, min, last; 8 and 15 steps per solution on
    average) with `aggregate_step_scores`' contiguous-run path (layout "sorted" / "grouped") and its
-   general segment-reduction path vs a Python loop over solutions (how most PRM evaluation scripts
-   do it).
+   general segment-reduction path, and with `aggregate_ragged` (the steps as values + per-solution
+   lengths, the loop's own input), vs a Python loop over solutions (how most PRM evaluation
+   scripts do it).
 2. The full scorer (forward + step-end gather + aggregate) on packed rows vs one solution per row,
    same model, same solutions.
 3. `Scorer` (packing, the project's default path) vs the common peer: the same randomly initialised
@@ -92,7 +93,8 @@ from flax import nnx  # noqa: E402
 
 from prm_jax.configs import model_sizes  # noqa: E402
 from prm_jax.model import ModelConfig, RewardModel  # noqa: E402
-from prm_jax.scoring import METHODS, aggregate_step_scores, pack_for_scoring, score_packed  # noqa
+from prm_jax.scoring import (METHODS, aggregate_ragged, aggregate_step_scores,  # noqa: E402
+                             pack_for_scoring, score_packed)
 
 
 def timed(fn, repeats=3):
@@ -120,6 +122,9 @@ def bench_aggregation(n_solutions: int, max_steps: int, seed: int = 0):
                                 for m in METHODS})
     return (lambda: jax.block_until_ready(agg(p_dev, i_dev))), agg
 
+  lengths = jnp.asarray(steps_per, jnp.int32)
+  by_lengths = jax.jit(lambda p, n: {m: aggregate_ragged(p, n, m) for m in METHODS})
+
   def python_loop():  # group then reduce per solution, the common evaluation-script pattern
     out = {m: [] for m in METHODS}
     bounds = np.concatenate([[0], np.cumsum(steps_per)])
@@ -131,8 +136,12 @@ def bench_aggregation(n_solutions: int, max_steps: int, seed: int = 0):
     return out
   ref = python_loop()
   runs, errs = {"python": python_loop}, {}
-  for layout in ("sorted", "grouped", "any"):
-    runs[layout], agg = jitted(layout)
+  runs["ragged"] = lambda: jax.block_until_ready(by_lengths(p_dev, lengths))
+  for layout in ("ragged", "sorted", "grouped", "any"):
+    if layout == "ragged":
+      agg = lambda p, i: by_lengths(p, lengths)  # noqa: E731
+    else:
+      runs[layout], agg = jitted(layout)
     runs[layout]()  # compile
     got = agg(p_dev, i_dev)
     errs[layout] = max(float(np.max(np.abs(np.asarray(got[m]) - np.asarray(ref[m]))))
@@ -146,7 +155,8 @@ def bench_aggregation(n_solutions: int, max_steps: int, seed: int = 0):
   t_py = times["python"]
   print(f"aggregation (prod, min, last), {n_solutions:,} solutions / {len(ids):,} steps "
         f"(1-{max_steps} each): python loop {t_py * 1e3:.0f} ms")
-  for layout, name in (("sorted", "contiguous path, sorted"),
+  for layout, name in (("ragged", "values + lengths (ragged)"),
+                       ("sorted", "contiguous path, sorted"),
                        ("grouped", "contiguous path, grouped"), ("any", "segment path")):
     print(f"  {name:26s} {times[layout] * 1e3:7.2f} ms  {t_py / times[layout]:5.0f}x the loop, "
           f"{times['any'] / times[layout]:4.1f}x the segment path  (max |diff| {errs[layout]:.1e})")

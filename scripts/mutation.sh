@@ -30,7 +30,9 @@ tests_for() {  # the tests (files or node ids) that cover a module
       $S::test_contiguous_layouts_edge_cases $S::test_the_sorted_layout_runs_the_scatter_free_start
       $S::test_exclusive_cumsum_equals_numpy_across_block_sizes
       $S::test_contiguous_layouts_at_many_solutions_and_runs_one_step_past_a_window
-      $P::test_aggregate_step_scores_equals_a_numpy_reference" ;;
+      $S::test_ragged_values_and_lengths_score_as_the_sorted_layout
+      $P::test_aggregate_step_scores_equals_a_numpy_reference
+      $P::test_aggregate_ragged_equals_the_sorted_layout" ;;
     prm_jax/grading.py|prm_jax/answer_text.py|prm_jax/safe_math.py) echo "tests/test_grading.py $P::test_grading_never_raises_stays_bounded_and_is_symmetric
       $P::test_an_answer_equals_itself_unless_empty
       $P::test_normalisation_and_extraction_never_raise_and_stay_bounded

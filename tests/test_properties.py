@@ -242,6 +242,24 @@ def test_aggregate_step_scores_equals_a_numpy_reference(layout):
   check()
 
 
+def test_aggregate_ragged_equals_the_sorted_layout():
+  """Values + lengths (`aggregate_ragged`) on every sorted case: the sorted layout's scores."""
+  import jax
+  from prm_jax.scoring import LOG_PROD, METHODS, aggregate_ragged
+  fn, sorted_fn = jax.jit(lambda p, n: {m: aggregate_ragged(p, n, m) for m in METHODS + (
+      LOG_PROD,)}), _aggregate("sorted")
+
+  @props(40)
+  @given(ragged("sorted"))
+  def check(case):
+    p, ids = case
+    lengths = np.bincount(ids[ids >= 0], minlength=NSOL).astype(np.int32)
+    got, want = fn(p, lengths), sorted_fn(p, ids)
+    for m in want:
+      np.testing.assert_array_equal(np.asarray(got[m]), np.asarray(want[m]), err_msg=m)
+  check()
+
+
 # ----------------------------------------------------------------------------- readers
 
 def _rows(name):

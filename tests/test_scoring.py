@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 from prm_jax.model import RewardModel
-from prm_jax.scoring import (LOG_PROD, METHODS, aggregate_step_scores, pack_for_scoring,
-                             score_packed)
+from prm_jax.scoring import (LOG_PROD, METHODS, aggregate_ragged, aggregate_step_scores,
+                             pack_for_scoring, score_packed)
 
 agg = jax.jit(aggregate_step_scores, static_argnums=(2, 3))
 
@@ -154,6 +154,37 @@ def test_contiguous_layouts_at_many_solutions_and_runs_one_step_past_a_window():
       fin = np.isfinite(want)
       np.testing.assert_array_equal(np.isfinite(np.asarray(got[LOG_PROD])), fin)
       np.testing.assert_allclose(np.asarray(got[LOG_PROD])[fin], want[fin], rtol=1e-5, atol=1e-4)
+
+
+def test_ragged_values_and_lengths_score_as_the_sorted_layout():
+  """`aggregate_ragged` (values + per-solution lengths, padding after) gives the sorted layout's
+  scores exactly: solutions with no steps, runs past one window, padding, a step of P(ok) 0, no
+  steps at all, and more than one block of the prefix sum."""
+  ragged = jax.jit(lambda p, n: {m: aggregate_ragged(p, n, m) for m in ALL})
+  rng = np.random.default_rng(7)
+  for n, longest, pad in ((5, 3, 0), (40, 17, 9), (1100, 35, 3)):
+    lengths = rng.integers(0, 4, size=n)
+    lengths[[1, -1]] = 0  # no steps: between two runs, and the last solution before the padding
+    lengths[2] = longest
+    ids = np.repeat(np.arange(n), lengths).astype(np.int32)
+    probs = rng.random(len(ids) + pad).astype(np.float32)
+    probs[rng.integers(0, len(ids))] = 0.0
+    ids = np.concatenate([ids, np.full(pad, -1, np.int32)])
+    got = ragged(jnp.asarray(probs), jnp.asarray(lengths, jnp.int32))
+    want = run_all(jnp.asarray(probs), jnp.asarray(ids), n, "sorted")
+    for m in ALL:
+      np.testing.assert_array_equal(np.asarray(got[m]), np.asarray(want[m]), err_msg=f"{n} {m}")
+    np.testing.assert_allclose(np.asarray(got["prod"]), reference(probs, ids, n, "prod"),
+                               rtol=2e-5, atol=1e-7)
+  for m in ALL:
+    empty = aggregate_ragged(np.zeros(0, np.float32), np.zeros(2, np.int32), m)
+    assert empty.tolist() == ([-np.inf] * 2 if m == LOG_PROD else [0.0] * 2), m
+  with pytest.raises(ValueError, match="aggregation method 'mean'"):
+    aggregate_ragged(np.ones(2, np.float32), np.ones(2, np.int32), "mean")
+
+
+run_all = jax.jit(lambda p, i, n, layout: {m: aggregate_step_scores(p, i, n, m, layout)
+                                           for m in ALL}, static_argnums=(2, 3))
 
 
 def test_exclusive_cumsum_equals_numpy_across_block_sizes():
