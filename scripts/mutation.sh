@@ -19,7 +19,7 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENT
 tests_for() {  # the tests (files or node ids) that cover a module
   local P=tests/test_properties.py S=tests/test_scoring.py
   case "$1" in
-    prm_jax/evaluation.py) echo "tests/test_evaluation.py
+    prm_jax/evaluation.py|prm_jax/process_metrics.py) echo "tests/test_evaluation.py
       tests/test_benchmarks.py::test_processbench_table_is_the_papers_with_a_fixed_threshold
       tests/test_benchmarks.py::test_prmbench_score_closed_form" ;;
     prm_jax/train/losses.py) echo "tests/test_losses.py" ;;

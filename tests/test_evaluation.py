@@ -722,7 +722,7 @@ def test_process_eval_subsets_reasons_defaults_and_the_prmbench_threshold(tmp_pa
   """Rows without `meta.subset` are reported as "all"; one undefined subset F1 makes the average
   NaN and every reason is listed; PRMBench rows use the fixed threshold, or 0.5 when the threshold
   is chosen on dev; the dev fraction defaults to one half (ids hashing below 5,000 of 10,000)."""
-  from prm_jax.evaluation import _is_dev, prmbench_scores, run_process_eval
+  from prm_jax.process_metrics import _is_dev, prmbench_scores, run_process_eval
   r = process_eval([_proc("a", [1, -1], [0.9, 0.2]), _proc("b", [1, 1], [0.9, 0.8])], threshold=0.3)
   assert _same(r["processbench"], {"all": {"f1": 1.0, "acc_erroneous": 1.0, "acc_correct": 1.0,
                                            "n_erroneous": 1, "n_correct": 1}, "average_f1": 1.0})
