@@ -38,18 +38,8 @@ from prm_jax.model import CausalLM, ModelConfig, RewardModel  # noqa: E402
 from prm_jax.model.transformer import KVCache  # noqa: E402
 from prm_jax.scoring import PACKED_KEYS, score_packed  # noqa: E402
 from prm_jax.train import trainer  # noqa: E402
-from prm_jax.train.metrics import peak_flops_per_device, train_flops_per_token  # noqa: E402
-
-# HBM bandwidth per device, bytes/s (the decode roofline); None: unknown.
-HBM_BYTES_PER_S = {"h100": 3.35e12, "h200": 4.8e12, "gh200": 4.0e12, "a100": 2.0e12,
-                   "b200": 8.0e12, "tpu v4": 1.2e12, "tpu v5 lite": 0.82e12, "tpu v5e": 0.82e12,
-                   "tpu v5p": 2.76e12, "tpu v6 lite": 1.64e12, "tpu v6e": 1.64e12}
-
-
-def hbm_bandwidth() -> float | None:
-  kind = jax.devices()[0].device_kind.lower()
-  return next((v for k, v in HBM_BYTES_PER_S.items() if k in kind), None)
-
+from prm_jax.train.metrics import (hbm_bytes_per_s, peak_flops_per_device,  # noqa: E402
+                                   train_flops_per_token)
 
 def packed_rows(rng, rows: int, seq_len: int, vocab: int, per_row: int = 4) -> dict:
   """Random packed rows: `per_row` segments each, every token a solution token."""
@@ -164,7 +154,7 @@ def bench_decode(cfg: ModelConfig, mesh, rules, batch: int, prompt: int, new: in
   weight_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
   kv_bytes = (2 * cfg.num_layers * batch * (prompt + new / 2) * cfg.num_kv_heads * cfg.head_dim
               * jnp.dtype(cfg.compute_dtype).itemsize)  # the cache filled halfway, on average
-  bw = hbm_bandwidth()
+  bw = hbm_bytes_per_s()
   roofline = batch * bw * jax.device_count() / (weight_bytes + kv_bytes) if bw else None
   measured = batch / per_step
   return dict(step_ms=per_step * 1e3, tokens_per_s=measured, roofline_tokens_per_s=roofline,

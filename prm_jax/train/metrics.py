@@ -13,9 +13,24 @@ PEAK_FLOPS = {"tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v
               "a100": 312e12, "gh200": 989e12, "b200": 2250e12}
 
 
-def peak_flops_per_device() -> float | None:
+# HBM bandwidth per device, bytes/s, for the decode roofline (scripts/bench_accelerator.py).
+HBM_BYTES_PER_S = {"tpu v4": 1.2e12, "tpu v5 lite": 0.82e12, "tpu v5e": 0.82e12,
+                   "tpu v5p": 2.76e12, "tpu v6 lite": 1.64e12, "tpu v6e": 1.64e12,
+                   "h100": 3.35e12, "h200": 4.8e12, "a100": 2.0e12, "gh200": 4.0e12,
+                   "b200": 8.0e12}
+
+
+def _this_device(table: dict[str, float]) -> float | None:
   kind = jax.devices()[0].device_kind.lower()
-  return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+  return next((v for k, v in table.items() if k in kind), None)
+
+
+def peak_flops_per_device() -> float | None:
+  return _this_device(PEAK_FLOPS)
+
+
+def hbm_bytes_per_s() -> float | None:
+  return _this_device(HBM_BYTES_PER_S)
 
 
 def train_flops_per_token(num_params: int, num_layers: int, dim: int, seq_len: int) -> float:
