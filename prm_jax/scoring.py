@@ -94,6 +94,11 @@ def aggregate_ragged(step_probs: jax.Array, lengths: jax.Array, method: str) -> 
   if method not in METHODS + (LOG_PROD,):
     raise ValueError(f"aggregation method {method!r}; expected one of {METHODS + (LOG_PROD,)}")
   p = jnp.asarray(step_probs, jnp.float32)
+  if not isinstance(lengths, jax.core.Tracer):  # checkable outside jit: a wrong layout is an error
+    given = np.asarray(lengths)
+    if given.size and (given.min() < 0 or given.sum() > p.shape[0]):
+      raise ValueError(f"aggregate_ragged: lengths must be >= 0 and sum to at most the "
+                       f"{p.shape[0]} step scores; got min {given.min()}, sum {given.sum()}")
   count = jnp.maximum(jnp.asarray(lengths, jnp.int32), 0)
   if p.shape[0] == 0:
     return jnp.full(count.shape, -jnp.inf if method == LOG_PROD else 0.0, jnp.float32)

@@ -181,6 +181,9 @@ def test_ragged_values_and_lengths_score_as_the_sorted_layout():
     assert empty.tolist() == ([-np.inf] * 2 if m == LOG_PROD else [0.0] * 2), m
   with pytest.raises(ValueError, match="aggregation method 'mean'"):
     aggregate_ragged(np.ones(2, np.float32), np.ones(2, np.int32), "mean")
+  for bad, what in (([2, 2], "min 2, sum 4"), ([3, -1], "min -1, sum 2")):  # 3 step scores
+    with pytest.raises(ValueError, match=f"sum to at most the 3 step scores; got {what}"):
+      aggregate_ragged(np.ones(3, np.float32), np.asarray(bad, np.int32), "prod")
 
 
 run_all = jax.jit(lambda p, i, n, layout: {m: aggregate_step_scores(p, i, n, m, layout)
