@@ -48,17 +48,26 @@ def aggregate_step_scores(step_probs: jax.Array, solution_ids: jax.Array, num_so
   batch's solutions in packing order, so the scorer's steps are "sorted". Steps held as values
   and per-solution lengths need no owners: `aggregate_ragged`.
   """
-  if method not in METHODS + (LOG_PROD,):
-    raise ValueError(f"aggregation method {method!r}; expected one of {METHODS + (LOG_PROD,)}")
+  _check_method(method)
   if layout not in LAYOUTS:
     raise ValueError(f"aggregation layout {layout!r}; expected one of {LAYOUTS}")
   p = jnp.asarray(step_probs, jnp.float32)
   ids = jnp.asarray(solution_ids, jnp.int32)
   if p.shape[0] == 0:
-    return jnp.full((num_solutions,), -jnp.inf if method == LOG_PROD else 0.0, jnp.float32)
+    return _without_steps(num_solutions, method)
   if layout == "any":
     return _aggregate_segments(p, ids, num_solutions, method)
   return _aggregate_runs(p, ids, num_solutions, method, layout == "sorted")
+
+
+def _check_method(method: str) -> None:
+  if method not in METHODS + (LOG_PROD,):
+    raise ValueError(f"aggregation method {method!r}; expected one of {METHODS + (LOG_PROD,)}")
+
+
+def _without_steps(num_solutions: int, method: str) -> jax.Array:
+  """What every solution scores when there are no steps at all."""
+  return jnp.full((num_solutions,), -jnp.inf if method == LOG_PROD else 0.0, jnp.float32)
 
 
 def _aggregate_segments(p, ids, num_solutions, method):
@@ -91,8 +100,7 @@ def aggregate_ragged(step_probs: jax.Array, lengths: jax.Array, method: str) -> 
   `sum(lengths)` must not exceed `len(step_probs)`. The same scores as `aggregate_step_scores`
   with `layout="sorted"`, without the scatter that counts each solution's steps from its owner
   ids (the larger part of that path's time at 100k solutions)."""
-  if method not in METHODS + (LOG_PROD,):
-    raise ValueError(f"aggregation method {method!r}; expected one of {METHODS + (LOG_PROD,)}")
+  _check_method(method)
   p = jnp.asarray(step_probs, jnp.float32)
   if not isinstance(lengths, jax.core.Tracer):  # checkable outside jit: a wrong layout is an error
     given = np.asarray(lengths)
@@ -101,7 +109,7 @@ def aggregate_ragged(step_probs: jax.Array, lengths: jax.Array, method: str) -> 
                        f"{p.shape[0]} step scores; got min {given.min()}, sum {given.sum()}")
   count = jnp.maximum(jnp.asarray(lengths, jnp.int32), 0)
   if p.shape[0] == 0:
-    return jnp.full(count.shape, -jnp.inf if method == LOG_PROD else 0.0, jnp.float32)
+    return _without_steps(count.shape[0], method)
   return _reduce_runs(p, _starts(count, p.shape[0]), count, method)
 
 

@@ -117,13 +117,16 @@ def bench_aggregation(n_solutions: int, max_steps: int, seed: int = 0):
   probs = rng.random(len(ids)).astype(np.float32)
   p_dev, i_dev = jnp.asarray(probs), jnp.asarray(ids)
 
-  def jitted(layout):
-    agg = jax.jit(lambda p, i: {m: aggregate_step_scores(p, i, n_solutions, m, layout=layout)
-                                for m in METHODS})
-    return (lambda: jax.block_until_ready(agg(p_dev, i_dev))), agg
+  lengths = jnp.asarray(steps_per, jnp.int32)  # "ragged" takes them as an argument, not a constant
 
-  lengths = jnp.asarray(steps_per, jnp.int32)
-  by_lengths = jax.jit(lambda p, n: {m: aggregate_ragged(p, n, m) for m in METHODS})
+  def jitted(layout):
+    if layout == "ragged":
+      by_lengths = jax.jit(lambda p, n: {m: aggregate_ragged(p, n, m) for m in METHODS})
+      agg = lambda p, i: by_lengths(p, lengths)  # noqa: E731
+    else:
+      agg = jax.jit(lambda p, i: {m: aggregate_step_scores(p, i, n_solutions, m, layout=layout)
+                                  for m in METHODS})
+    return (lambda: jax.block_until_ready(agg(p_dev, i_dev))), agg
 
   def python_loop():  # group then reduce per solution, the common evaluation-script pattern
     out = {m: [] for m in METHODS}
@@ -136,12 +139,8 @@ def bench_aggregation(n_solutions: int, max_steps: int, seed: int = 0):
     return out
   ref = python_loop()
   runs, errs = {"python": python_loop}, {}
-  runs["ragged"] = lambda: jax.block_until_ready(by_lengths(p_dev, lengths))
   for layout in ("ragged", "sorted", "grouped", "any"):
-    if layout == "ragged":
-      agg = lambda p, i: by_lengths(p, lengths)  # noqa: E731
-    else:
-      runs[layout], agg = jitted(layout)
+    runs[layout], agg = jitted(layout)
     runs[layout]()  # compile
     got = agg(p_dev, i_dev)
     errs[layout] = max(float(np.max(np.abs(np.asarray(got[m]) - np.asarray(ref[m]))))

@@ -64,6 +64,8 @@ def test_aggregation_edge_cases():
 ALL = METHODS + (LOG_PROD,)
 by_layout = jax.jit(lambda p, i, layout: {m: aggregate_step_scores(p, i, 16, m, layout=layout)
                                           for m in ALL}, static_argnums=2)
+run_all = jax.jit(lambda p, i, n, layout: {m: aggregate_step_scores(p, i, n, m, layout)
+                                           for m in ALL}, static_argnums=(2, 3))
 
 
 def runs_case(rng, steps=96):
@@ -107,12 +109,10 @@ def test_contiguous_layouts_equal_the_segment_path_and_numpy():
 
 
 def test_contiguous_layouts_edge_cases():
-  run = jax.jit(lambda p, i, n, layout: {m: aggregate_step_scores(p, i, n, m, layout)
-                                         for m in ALL}, static_argnums=(2, 3))
   for layout in ("sorted", "grouped"):
     def agg_l(p, i, n):
-      return {k: v.tolist() for k, v in run(jnp.asarray(p, jnp.float32), jnp.asarray(i, jnp.int32),
-                                            n, layout).items()}
+      out = run_all(jnp.asarray(p, jnp.float32), jnp.asarray(i, jnp.int32), n, layout)
+      return {k: v.tolist() for k, v in out.items()}
     out = agg_l([1.0, 0.0, 0.5, 0.25, 0.9], [0, 1, 1, 3, -1], 4)  # 2: no steps; < one window
     assert out["prod"] == out["min"] == [1.0, 0.0, 0.0, 0.25]
     assert out["last"] == [1.0, 0.5, 0.0, 0.25]
@@ -132,8 +132,6 @@ def test_contiguous_layouts_at_many_solutions_and_runs_one_step_past_a_window():
   of k*16 + 1 steps whose last step is the lowest (the window count rounds up), and P(ok) a little
   outside [0, 1] (softmax rounding) clipped to it on every path."""
   rng = np.random.default_rng(5)
-  run = jax.jit(lambda p, i, n, layout: {m: aggregate_step_scores(p, i, n, m, layout)
-                                         for m in ALL}, static_argnums=(2, 3))
   for n, longest in ((100, 17), (1100, 33), (40, 49)):
     lengths = rng.integers(0, 4, size=n)
     lengths[rng.integers(0, n)] = longest
@@ -144,7 +142,7 @@ def test_contiguous_layouts_at_many_solutions_and_runs_one_step_past_a_window():
     probs[np.cumsum(lengths)[lengths == longest] - 1] = 0.01  # the long run's last step
     clipped = np.clip(probs, 0.0, 1.0)
     for layout in ("sorted", "grouped", "any"):
-      got = run(jnp.asarray(probs), jnp.asarray(ids), n, layout)
+      got = run_all(jnp.asarray(probs), jnp.asarray(ids), n, layout)
       for m in METHODS:
         np.testing.assert_allclose(np.asarray(got[m]), reference(clipped, ids, n, m), rtol=2e-5,
                                    atol=1e-7, err_msg=f"{n} {layout} {m}")
@@ -185,9 +183,6 @@ def test_ragged_values_and_lengths_score_as_the_sorted_layout():
     with pytest.raises(ValueError, match=f"sum to at most the 3 step scores; got {what}"):
       aggregate_ragged(np.ones(3, np.float32), np.asarray(bad, np.int32), "prod")
 
-
-run_all = jax.jit(lambda p, i, n, layout: {m: aggregate_step_scores(p, i, n, m, layout)
-                                           for m in ALL}, static_argnums=(2, 3))
 
 
 def test_exclusive_cumsum_equals_numpy_across_block_sizes():
