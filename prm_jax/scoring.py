@@ -210,26 +210,56 @@ def score_packed(model: RewardModel, batch: dict[str, jax.Array], max_steps: int
   `aggregate_step_scores`' promise about the step owners: a batch from `pack_for_scoring` keeps
   "sorted" (the Scorer's), one with arbitrary solution ids needs "any".
   """
-  hidden = model.hidden(batch["tokens"], batch["positions"], batch["segment_ids"])
-  b, t, d = hidden.shape
-  flat = hidden.reshape(b * t, d)
+  b, t = batch["tokens"].shape
   sol = batch["solution_id"].reshape(b * t)
   if model.kind == "orm":
     idx = jnp.where(sol >= 0, jnp.arange(b * t), -1)
     last = jax.ops.segment_max(idx, jnp.where(sol >= 0, sol, max_solutions), max_solutions + 1)
     last = last[:max_solutions]
-    p = model.ok_probability(model.head(flat[jnp.clip(last, 0, b * t - 1)]))
+    reads = jnp.zeros((b * t,), bool).at[jnp.where(last >= 0, last, b * t)].set(
+        True, mode="drop").reshape(b, t)
+    p = model.ok_probability(_head_at(model, batch, reads, last))
     return {"orm": jnp.where(last >= 0, p, 0.0)}
-  ends = batch["step_end"].reshape(b * t) > 0
-  (pos,) = jnp.nonzero(ends, size=max_steps, fill_value=-1)
+  reads = batch["step_end"] > 0
+  (pos,) = jnp.nonzero(reads.reshape(b * t), size=max_steps, fill_value=-1)
   used = pos >= 0
   step_solution = jnp.where(used, sol[jnp.clip(pos, 0)], -1)
-  probs = model.ok_probability(model.head(flat[jnp.clip(pos, 0)]), neutral_is_positive)
+  probs = model.ok_probability(_head_at(model, batch, reads, pos), neutral_is_positive)
   probs = jnp.where(used, probs, 0.0)
   out = {m: aggregate_step_scores(probs, step_solution, max_solutions, m, layout)
          for m in METHODS + (LOG_PROD,)}
   out.update(step_probs=probs, step_solution=step_solution)
   return out
+
+
+READS_PER_ROW = 1 / 8  # the reads (step ends, last tokens) a row may hold for the short last layer
+
+
+def _head_at(model: RewardModel, batch: dict[str, jax.Array], reads: jax.Array,
+             flat: jax.Array) -> jax.Array:
+  """Head logits [len(flat), K] at the flat token indices `flat` (-1: unused slots), every one
+  of them a `reads` token (bool[B,T]). When no row holds more reads than one per 8 tokens (real
+  solutions have one per 20-40), the last layer runs at each row's reads alone (`only_at`):
+  queries, attention, output projection and MLP at an eighth of the tokens or fewer. Otherwise
+  the whole forward. Chosen at run time (`lax.cond`), the same logits either way up to float
+  rounding. Both stay row by row up to the head, so a batch split over devices stays split and
+  only the K logits of each read cross devices."""
+  b, t = reads.shape
+  r = max(1, int(t * READS_PER_ROW))
+  at = jnp.clip(flat, 0, b * t - 1)
+  args = batch["tokens"], batch["positions"], batch["segment_ids"]
+
+  def few():
+    cols = jax.vmap(lambda row: jnp.nonzero(row, size=r, fill_value=0)[0])(reads)  # [B,R]
+    slot = jnp.cumsum(reads.reshape(b * t), dtype=jnp.int32) - 1  # each read's place in the batch
+    first = jnp.cumsum(reads.sum(axis=1, dtype=jnp.int32)) - reads.sum(axis=1, dtype=jnp.int32)
+    rank = slot[at] - first[at // t]  # its place among its row's reads
+    logits = model.head(model.hidden(*args, only_at=cols))  # [B,R,K]
+    return logits.reshape(b * r, -1)[(at // t) * r + jnp.clip(rank, 0, r - 1)]
+
+  def every():
+    return model.head(model.hidden(*args)).reshape(b * t, -1)[at]
+  return jax.lax.cond(jnp.all(reads.sum(axis=1) <= r), few, every)
 
 
 # ----------------------------------------------------------------------------- host-side packing

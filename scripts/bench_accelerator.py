@@ -109,7 +109,7 @@ def bench_score(cfg: ModelConfig, mesh, rules, rows: int, seq_len: int, steps: i
   param_sh = sharding.state_shardings(params, mesh, rules)
   row = sharding.logical_sharding(("batch", None), (rows, seq_len), mesh, rules)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  cap = rows * seq_len // 2
+  cap = rows * seq_len // 2  # the Scorer's (Scorer._cap)
   fn = sharding.jit_apply(score_packed, graphdef, param_sh, ({k: row for k in PACKED_KEYS},),
                           replicated, mesh, rules,
                           static=dict(max_steps=cap, max_solutions=cap, layout="sorted"))

@@ -17,7 +17,10 @@
    the cut at a row; 24-42% of a padded batch is padding), the latter in rows of 1024 only. The
    peer runs in `--torch-python` (an interpreter with torch and transformers; default: this one;
    "" skips it) with the faster, on a warm-up batch, of torch's default thread count and one
-   thread (on a busy machine torch's spinning threads can be ten times slower).
+   thread (on a busy machine torch's spinning threads can be ten times slower). Each set ends
+   with a floor: the time the linear layers alone take on the real tokens at XLA's own float32
+   dot rate on this host (measured in the same run), so the best ratio any XLA program doing this
+   forward could reach against the peer.
 
     python scripts/bench_scoring.py [--solutions 100000] [--size tiny|small] [--dtype bfloat16]
         [--torch-python PYTHON] [--peer-sizes tiny,small] [--peer-data synthetic,processbench]
@@ -221,6 +224,24 @@ def processbench_solutions(n: int, seed: int = 0):
           for k, i in enumerate(rng.integers(0, len(items), size=n))]
 
 
+def dense_flops(cfg: ModelConfig, tokens: int, reads: int | None = None) -> int:
+  """FLOPs of the dense products of a forward over `tokens`: q, k, v, o and the gated MLP of
+  every layer (the embedding is a lookup, the head small). With `reads`, the last layer as the
+  Scorer runs it: keys and values for every token, the rest at the `reads` step ends alone."""
+  kv = 2 * cfg.dim * cfg.head_dim * cfg.num_kv_heads
+  rest = 2 * cfg.dim * cfg.head_dim * cfg.num_heads + 3 * cfg.dim * cfg.mlp_dim
+  if reads is None:
+    return 2 * tokens * cfg.num_layers * (kv + rest)
+  return 2 * (tokens * ((cfg.num_layers - 1) * (kv + rest) + kv) + reads * rest)
+
+
+def dot_flops_per_s(m: int, k: int, n: int, repeats: int = 5) -> float:
+  """XLA's float32 matmul rate on this host, [m,k] x [k,n], best of `repeats`."""
+  a, b = jnp.ones((m, k), jnp.float32), jnp.ones((k, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  return 2 * m * k * n / timed(lambda: jax.block_until_ready(dot(a, b)), repeats)
+
+
 def bench_vs_transformers(size: str, n: int, torch_python: str, batch: int,
                           seq_lens: list[int], data: str = "synthetic", seed: int = 0):
   """Scorer (packed rows of each of `seq_lens` tokens; the config's default first) vs
@@ -287,6 +308,22 @@ def bench_vs_transformers(size: str, n: int, torch_python: str, batch: int,
       line += (f" -> {peer['seconds'] / seconds:.2f}x the peer's solutions/s "
                f"(max |prod diff| {diff:.1e})")
     print(line)
+  # The floor: the Scorer's linear layers alone, on real tokens only, at the rate of XLA's own
+  # dense dot (the MLP's up-projection shape, measured now). No XLA program doing the Scorer's
+  # forward is faster.
+  reads = sum(len(e.step_ends) for e in encoded)
+  flops = dense_flops(cfg, tokens, reads)
+  rate = dot_flops_per_s(4096, cfg.dim, cfg.mlp_dim)
+  line = (f"  floor: the Scorer's linear layers on the {tokens:,} real tokens alone ("
+          f"{flops / 1e12:.2f} TFLOP, the last layer's queries and MLP at the {reads:,} step ends) "
+          f"at XLA's float32 dot rate here ({rate / 1e9:.0f} GFLOP/s on [4096,{cfg.dim}]"
+          f"x[{cfg.dim},{cfg.mlp_dim}]) take {flops / rate:.2f}s")
+  if peer:
+    peer_flops = dense_flops(cfg, width)
+    line += (f": at most {peer['seconds'] * rate / flops:.2f}x the peer's solutions/s (the peer "
+             f"ran its {width:,} slots' linear layers at {peer_flops / peer['seconds'] / 1e9:.0f}"
+             f" GFLOP/s, attention on top)")
+  print(line)
 
 
 def main():

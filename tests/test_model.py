@@ -28,8 +28,10 @@ def decode(model, x, cache, positions=None):
 
 
 @nnx.jit
-def hidden(model, x):
-  return model.hidden(x) if isinstance(model, RewardModel) else model.transformer(x)[0]
+def hidden(model, x, positions=None, segment_ids=None):
+  if isinstance(model, RewardModel):
+    return model.hidden(x, positions, segment_ids)
+  return model.transformer(x, positions, segment_ids)[0]
 
 
 def test_config_rejects_bad_values():
@@ -83,6 +85,44 @@ def test_packed_rows_equal_separate_rows(lm):
   np.testing.assert_allclose(out[:, 4:9], forward(lm, b), atol=1e-5)
   # Without segment ids the second solution would see the first: the test can fail.
   assert np.abs(forward(lm, packed)[:, 4:9] - forward(lm, b)).max() > 1e-3
+
+
+@nnx.jit
+def hidden_only_at(model, x, pos, seg, at):
+  return model.hidden(x, pos, seg, only_at=at)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_hidden_states_at_a_few_tokens_equal_the_full_forwards(tiny_cfg, scan):
+  """`only_at` runs the last layer's queries, attention, output projection and MLP at the tokens
+  read alone: their hidden states must equal the full forward's, in any order and with repeats
+  (unused slots point at column 0), on packed rows or plain causal ones, with 1 or 3 layers,
+  scanned or not; and the unscanned program must do less work."""
+  x = tokens(2, 12, seed=4)
+  seg = jnp.array([[1] * 5 + [2] * 7, [1] * 9 + [0] * 3])
+  pos = jnp.array([list(range(5)) + list(range(7)), list(range(9)) + [0, 1, 2]])
+  at = jnp.array([[4, 11, 0, 9], [8, 0, 0, 3]], jnp.int32)
+  for layers in (1, 3):
+    rm = RewardModel(tiny_cfg.replace(scan_layers=scan, num_layers=layers), "prm",
+                     rngs=nnx.Rngs(layers))
+    for p, s in ((pos, seg), (None, None)):
+      full = hidden(rm, x, p, s)
+      got = hidden_only_at(rm, x, p, s, at)
+      assert got.shape == (2, 4, tiny_cfg.dim)
+      want = np.take_along_axis(np.asarray(full), np.asarray(at)[..., None], axis=1)
+      np.testing.assert_allclose(got, want, atol=2e-6)
+    if scan:  # XLA's FLOP count below counts a loop's body once, whatever its trip count
+      continue
+    # XLA's own FLOP count of both programs: the 8 reads instead of 24 tokens in the last layer's
+    # MLP and output projection alone
+    g, st = nnx.split(rm)
+    flops = [jax.jit(lambda st, *a: nnx.merge(g, st).hidden(*a[:3], only_at=a[3] if a[3:] else None)
+                     ).lower(st, *args).compile().cost_analysis()["flops"]
+             for args in ((x, pos, seg), (x, pos, seg, at))]
+    cfg = rm.cfg
+    assert flops[0] - flops[1] >= 2 * (3 * cfg.dim * cfg.mlp_dim + cfg.dim * cfg.dim) * (24 - 8)
+  with pytest.raises(ValueError, match="without a cache"):
+    rm.transformer(x, cache=KVCache.init(rm.cfg, 2, 16), only_at=at)
 
 
 def test_sliding_window_limits_attention(tiny_cfg):

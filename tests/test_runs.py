@@ -2,6 +2,7 @@
 on three meshes against one device, a run's saved settings honoured."""
 
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -19,7 +20,7 @@ from prm_jax.model import CausalLM, RewardModel
 from prm_jax.records import Problem, read_solutions, write_jsonl
 from prm_jax.runs import Run, RunDir
 from prm_jax.sampling import Sampler
-from prm_jax.scoring import Scorer
+from prm_jax.scoring import PACKED_KEYS, Scorer
 from tests.conftest import compiled_programs
 
 PRM_JAX = str(pathlib.Path(sys.executable).parent / "prm-jax")
@@ -129,6 +130,26 @@ def test_a_few_solutions_run_on_the_fewest_rows_that_hold_them(runs):
     assert got.keys() == want.keys()
     for k in got:
       np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-7)
+
+
+def test_scoring_on_a_data_mesh_moves_only_logits_between_devices(runs):
+  """Split 8 ways over `data`, the scoring program keeps every activation on its rows' device:
+  the last layer's reads are gathered row by row and the head runs before the step gather, so no
+  collective moves as much as one device's share of one layer's activations (a [steps, dim]
+  gather of hidden states would)."""
+  import re
+  scorer = Scorer.from_run(runs["prm"], mesh_config((8, 1, 1), rows=16))
+  fn, row = scorer._program(scorer.rows)
+  zeros = np.zeros((scorer.rows, scorer.seq_len), np.int32)
+  batch = {k: sharding.put_global(zeros, row) for k in PACKED_KEYS}
+  hlo = fn.lower(scorer.params, batch).compile().as_text()
+  moved = [math.prod(int(d) for d in shape.split(",") if d) for shape in re.findall(
+      r"= \(?[a-z0-9]+\[([0-9,]*)\][^ ]* (?:all-gather|all-reduce|all-to-all|collective-permute)\(",
+      hlo)]
+  assert moved  # the step gather does cross devices
+  share = scorer.rows * scorer.seq_len * scorer.cfg.dim // 8
+  assert max(moved) < share, (max(moved), share)
+  assert scorer.cap * scorer.cfg.dim >= share  # what the old gather of hidden states moved
 
 
 def test_a_runs_neutral_is_positive_is_honoured(runs, tmp_path):

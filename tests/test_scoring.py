@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from prm_jax import scoring
 from prm_jax.model import RewardModel
 from prm_jax.scoring import (LOG_PROD, METHODS, aggregate_ragged, aggregate_step_scores,
                              pack_for_scoring, score_packed)
@@ -295,6 +296,28 @@ def test_packing_numbers_owners_so_the_sorted_layout_holds(prm):
       got, want = fast(prm, batch), general(prm, batch)
       for m in METHODS + (LOG_PROD,):
         np.testing.assert_allclose(np.asarray(got[m]), np.asarray(want[m]), rtol=1e-6, atol=1e-7)
+
+def test_the_last_layer_at_the_reads_alone_gives_the_whole_forwards_scores(prm, tiny_cfg,
+                                                                           monkeypatch):
+  """score_packed runs the last layer at each row's reads (a PRM's step ends, an ORM's last
+  tokens) when no row holds more than `READS_PER_ROW` of its tokens as reads, else the whole
+  forward (`lax.cond`). Both branches give the same scores on the same batches."""
+  sols = random_solutions(np.random.default_rng(5), 24)
+  batches = [{k: jnp.asarray(v) for k, v in pb.arrays.items()}
+             for pb in pack_for_scoring(sols, seq_len=64, rows=4, max_steps=64, max_solutions=32)]
+  assert max(int((b["step_end"] > 0).sum(axis=1).max()) for b in batches) > 1
+  orm = RewardModel(tiny_cfg, "orm", rngs=nnx.Rngs(1))
+  outs = []
+  for share in (1.0, 1 / 64):  # every row within it (the short last layer) / none with 2+ reads
+    monkeypatch.setattr(scoring, "READS_PER_ROW", share)
+    fn = jax.jit(lambda m, b: score_packed(m, b, 64, 32, layout="sorted"))
+    outs.append([(fn(prm, b), fn(orm, b)) for b in batches])
+  for (p1, o1), (p2, o2) in zip(*outs):
+    np.testing.assert_allclose(o1["orm"], o2["orm"], rtol=1e-6, atol=1e-7)
+    for k in METHODS + (LOG_PROD, "step_probs"):
+      np.testing.assert_allclose(p1[k], p2[k], rtol=1e-6, atol=1e-7)
+    assert np.array_equal(p1["step_solution"], p2["step_solution"])
+
 
 def test_orm_scores_at_last_token(tiny_cfg):
   orm = RewardModel(tiny_cfg, "orm", rngs=nnx.Rngs(0))

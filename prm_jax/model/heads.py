@@ -97,8 +97,10 @@ class RewardModel(nnx.Module):
     return rm
 
   def hidden(self, tokens: jax.Array, positions: jax.Array | None = None,
-             segment_ids: jax.Array | None = None) -> jax.Array:
-    return self.transformer(tokens, positions, segment_ids)[0]
+             segment_ids: jax.Array | None = None, only_at: jax.Array | None = None) -> jax.Array:
+    """Hidden states [B,T,D]; with `only_at` (int[B,R] columns of each row), [B,R,D] of those
+    tokens alone, the last layer's queries and MLP run at them only (`Transformer`)."""
+    return self.transformer(tokens, positions, segment_ids, only_at=only_at)[0]
 
   def head(self, hidden: jax.Array) -> jax.Array:
     """Head logits float32[..., K] for hidden states [..., D] (e.g. gathered at step ends)."""

@@ -173,12 +173,18 @@ class Attention(nnx.Module):
       y = y + getattr(self, f"{name}_bias")[...].astype(x.dtype)
     return y
 
-  def __call__(self, x, positions, mask, is_causal, inv_freq, kv=None, index=None):
+  def __call__(self, x, positions, mask, is_causal, inv_freq, kv=None, index=None, only_at=None):
     """Returns the attention output and this call's new keys/values (to be written to the cache).
 
     With a cache slice `kv=(k, v)` of this layer, queries attend over the cache with the new rows in place.
+    With `only_at` (int[B,R] columns of each row), the output [B,R,D] of those queries alone, over
+    every key of their row (`mask` [B,1,T,T] or None, causal): one plain `attend` of R queries.
     """
-    q = apply_rope(self._project(x, "q"), positions, inv_freq)
+    if only_at is not None:
+      q = apply_rope(self._project(tokens_at(x, only_at), "q"), tokens_at(positions, only_at),
+                     inv_freq)
+    else:
+      q = apply_rope(self._project(x, "q"), positions, inv_freq)
     k = apply_rope(self._project(x, "k"), positions, inv_freq)
     v = self._project(x, "v")
     new_kv = None
@@ -187,8 +193,14 @@ class Attention(nnx.Module):
       new_kv = (k.astype(ck.dtype), v.astype(cv.dtype))
       k = jax.lax.dynamic_update_slice(ck, new_kv[0], (0, index, 0, 0)).astype(q.dtype)
       v = jax.lax.dynamic_update_slice(cv, new_kv[1], (0, index, 0, 0)).astype(q.dtype)
-    block = self.cfg.attention_block if kv is None else 0
-    out = blocked_attention(q, k, v, mask, is_causal, block, self.cfg.sliding_window)
+    if only_at is not None:
+      keys = jnp.arange(x.shape[1])
+      m = (only_at[:, None, :, None] >= keys) if mask is None else jnp.take_along_axis(
+          mask, only_at[:, None, :, None], axis=2)
+      out = attend(q, k, v, m, False)
+    else:
+      block = self.cfg.attention_block if kv is None else 0
+      out = blocked_attention(q, k, v, mask, is_causal, block, self.cfg.sliding_window)
     out = jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(x.dtype))
     return out, new_kv
 
@@ -214,11 +226,19 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, mask, is_causal, inv_freq, kv=None, index=None):
-    a, kv = self.attn(self.attn_norm(x), positions, mask, is_causal, inv_freq, kv, index)
+  def __call__(self, x, positions, mask, is_causal, inv_freq, kv=None, index=None, only_at=None):
+    a, kv = self.attn(self.attn_norm(x), positions, mask, is_causal, inv_freq, kv, index, only_at)
+    if only_at is not None:  # every token's keys and values, the rest at `only_at` alone
+      x = tokens_at(x, only_at)
     x = x + a
     x = x + self.mlp(self.mlp_norm(x))
     return sharding.constrain(x, ("batch", "length", "embed")), kv
+
+
+def tokens_at(x: jax.Array, cols: jax.Array) -> jax.Array:
+  """[B,T,...] -> [B,R,...]: each row's tokens at its columns `cols` (int[B,R]). Row by row, so
+  a batch split over devices stays split: each device gathers from its own rows."""
+  return jnp.take_along_axis(x, cols.reshape(cols.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
 def attention_mask(cfg: ModelConfig, positions, segment_ids, cache_pos):
@@ -266,9 +286,16 @@ class Transformer(nnx.Module):
     self.final_norm = RMSNorm(cfg, rngs=rngs)
 
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-               segment_ids: jax.Array | None = None,
-               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+               segment_ids: jax.Array | None = None, cache: KVCache | None = None,
+               only_at: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+    """Hidden states [B,T,D] and the updated cache. `only_at` (int[B,R] columns of each row, no
+    cache): the hidden states [B,R,D] of those tokens alone. Every layer but the last runs on
+    every token (later tokens attend to them); the last computes keys and values for every token
+    and the rest (queries, attention, output projection, MLP) at the R columns only, which is
+    all a reward model reads (its step ends, or each solution's last token)."""
     cfg = self.cfg
+    if only_at is not None and cache is not None:
+      raise ValueError("only_at is for a forward without a cache")
     b, t = tokens.shape
     if positions is None:
       start = 0 if cache is None else cache.index
@@ -288,10 +315,10 @@ class Transformer(nnx.Module):
     x = sharding.constrain(x, ("batch", "length", "embed"))
     index = None if cache is None else cache.index
 
-    def body(x, xs):
+    def body(x, xs, only_at=None):
       graphdef, block_state, kv = xs
       block = nnx.merge(graphdef, block_state)
-      return block(x, positions, mask, is_causal, inv_freq, kv, index)
+      return block(x, positions, mask, is_causal, inv_freq, kv, index, only_at)
 
     def scan_body(graphdef):
       def f(x, xs):
@@ -301,7 +328,11 @@ class Transformer(nnx.Module):
     if cfg.scan_layers:
       graphdef, state = nnx.split(self.layers)
       kvs = None if cache is None else (cache.k, cache.v)
-      x, new_kv = jax.lax.scan(scan_body(graphdef), x, (state, kvs))
+      if only_at is None:
+        x, new_kv = jax.lax.scan(scan_body(graphdef), x, (state, kvs))
+      else:  # all layers but the last scanned, the last on its own
+        x, _ = jax.lax.scan(scan_body(graphdef), x, (jax.tree.map(lambda a: a[:-1], state), None))
+        x, _ = body(x, (graphdef, jax.tree.map(lambda a: a[-1], state), None), only_at)
       if cache is not None:  # new rows of every layer, written in one update
         at = (0, 0, cache.index, 0, 0)
         cache = cache._replace(k=jax.lax.dynamic_update_slice(cache.k, new_kv[0], at),
@@ -310,7 +341,10 @@ class Transformer(nnx.Module):
       for i, layer in enumerate(self.layers):
         graphdef, state = nnx.split(layer)
         kv = None if cache is None else (cache.k[i], cache.v[i])
-        x, new_kv = scan_body(graphdef)(x, (state, kv))
+        if only_at is not None and i == cfg.num_layers - 1:
+          x, new_kv = body(x, (graphdef, state, kv), only_at)
+        else:
+          x, new_kv = scan_body(graphdef)(x, (state, kv))
         if cache is not None:
           at = (i, 0, cache.index, 0, 0)
           cache = cache._replace(
