@@ -315,7 +315,7 @@ def bench_vs_transformers(size: str, n: int, torch_python: str, batch: int,
   flops = dense_flops(cfg, tokens, reads)
   rate = dot_flops_per_s(4096, cfg.dim, cfg.mlp_dim)
   line = (f"  floor: the Scorer's linear layers on the {tokens:,} real tokens alone ("
-          f"{flops / 1e12:.2f} TFLOP, the last layer's queries and MLP at the {reads:,} step ends) "
+          f"{flops / 1e9:,.0f} GFLOP, the last layer's queries and MLP at the {reads:,} step ends) "
           f"at XLA's float32 dot rate here ({rate / 1e9:.0f} GFLOP/s on [4096,{cfg.dim}]"
           f"x[{cfg.dim},{cfg.mlp_dim}]) take {flops / rate:.2f}s")
   if peer:

@@ -338,6 +338,7 @@ class Transformer(nnx.Module):
         cache = cache._replace(k=jax.lax.dynamic_update_slice(cache.k, new_kv[0], at),
                                v=jax.lax.dynamic_update_slice(cache.v, new_kv[1], at))
     else:
+      new_rows = []
       for i, layer in enumerate(self.layers):
         graphdef, state = nnx.split(layer)
         kv = None if cache is None else (cache.k[i], cache.v[i])
@@ -345,11 +346,14 @@ class Transformer(nnx.Module):
           x, new_kv = body(x, (graphdef, state, kv), only_at)
         else:
           x, new_kv = scan_body(graphdef)(x, (state, kv))
-        if cache is not None:
-          at = (i, 0, cache.index, 0, 0)
-          cache = cache._replace(
-              k=jax.lax.dynamic_update_slice(cache.k, new_kv[0][None], at),
-              v=jax.lax.dynamic_update_slice(cache.v, new_kv[1][None], at))
+        new_rows.append(new_kv)
+      if cache is not None:  # every layer's new rows in one update after the last read of the
+        # old cache: written layer by layer, XLA copied the whole cache at each write (it is
+        # still read by the layers after), 2 x num_layers copies a decode step
+        at = (0, 0, cache.index, 0, 0)
+        cache = cache._replace(
+            k=jax.lax.dynamic_update_slice(cache.k, jnp.stack([r[0] for r in new_rows]), at),
+            v=jax.lax.dynamic_update_slice(cache.v, jnp.stack([r[1] for r in new_rows]), at))
     x = self.final_norm(x)
     if cache is not None:
       cache = cache._replace(pos=cache_pos, index=cache.index + t)
