@@ -251,9 +251,7 @@ def _head_at(model: RewardModel, batch: dict[str, jax.Array], reads: jax.Array,
 
   def few():
     cols = jax.vmap(lambda row: jnp.nonzero(row, size=r, fill_value=0)[0])(reads)  # [B,R]
-    slot = jnp.cumsum(reads.reshape(b * t), dtype=jnp.int32) - 1  # each read's place in the batch
-    first = jnp.cumsum(reads.sum(axis=1, dtype=jnp.int32)) - reads.sum(axis=1, dtype=jnp.int32)
-    rank = slot[at] - first[at // t]  # its place among its row's reads
+    rank = (jnp.cumsum(reads, axis=1, dtype=jnp.int32) - 1).reshape(b * t)[at]  # in its row
     logits = model.head(model.hidden(*args, only_at=cols))  # [B,R,K]
     return logits.reshape(b * r, -1)[(at // t) * r + jnp.clip(rank, 0, r - 1)]
 
