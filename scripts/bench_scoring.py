@@ -18,9 +18,10 @@
    peer runs in `--torch-python` (an interpreter with torch and transformers; default: this one;
    "" skips it) with the faster, on a warm-up batch, of torch's default thread count and one
    thread (on a busy machine torch's spinning threads can be ten times slower). Each set ends
-   with a floor: the time the linear layers alone take on the real tokens at XLA's own float32
-   dot rate on this host (measured in the same run), so the best ratio any XLA program doing this
-   forward could reach against the peer.
+   with a floor: the time the Scorer's linear layers alone take on the real tokens (its last
+   layer's queries and MLP at the step ends only) at XLA's own float32 dot rate on this host
+   (measured in the same run), so the best ratio any XLA program doing the Scorer's forward
+   could reach against the peer.
 
     python scripts/bench_scoring.py [--solutions 100000] [--size tiny|small] [--dtype bfloat16]
         [--torch-python PYTHON] [--peer-sizes tiny,small] [--peer-data synthetic,processbench]
