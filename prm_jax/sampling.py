@@ -96,24 +96,13 @@ def generate(model: CausalLM, cache: KVCache, prompts: jax.Array, positions: jax
   b, u = keys.shape[0], prompts.shape[0]
   next_pos = jnp.max(positions, axis=1) + 1
   if rows is None:
-    cache = KVCache(jnp.zeros_like(cache.k), jnp.zeros_like(cache.v),
-                    jnp.full_like(cache.pos, -1), jnp.zeros_like(cache.index))
+    cache = cache.empty(b)
     logits, cache = model.decode(prompts, cache, positions)
     last = logits[:, -1]
   else:
-    kv_axes = ("layers", "batch", "length", "kv_heads", "head_dim")
-    shape = cache.k.shape[:1] + (u,) + cache.k.shape[2:]
-    small = KVCache(sharding.constrain(jnp.zeros(shape, cache.k.dtype), kv_axes),
-                    sharding.constrain(jnp.zeros(shape, cache.v.dtype), kv_axes),
-                    sharding.constrain(jnp.full((u, cache.pos.shape[1]), -1, jnp.int32),
-                                       ("batch", None)),
-                    jnp.zeros_like(cache.index))
+    small = cache.empty(u)
     logits, small = model.decode(prompts, small, positions)
-    # Each prompt's rows to the decode rows that continue it (a gather that may cross shards).
-    cache = KVCache(sharding.constrain(jnp.take(small.k, rows, axis=1), kv_axes),
-                    sharding.constrain(jnp.take(small.v, rows, axis=1), kv_axes),
-                    sharding.constrain(jnp.take(small.pos, rows, axis=0), ("batch", None)),
-                    small.index)
+    cache = small.take_rows(rows)  # each prompt's rows to the decode rows that continue it
     last = sharding.constrain(jnp.take(logits[:, -1], rows, axis=0), ("batch", None))
     next_pos = jnp.take(next_pos, rows, axis=0)
   automata = jnp.arange(stop_next.shape[0])[None, :]
@@ -189,11 +178,7 @@ def make_generate_fn(graphdef, params, cfg, sc: SamplingConfig, batch: int, leng
   from prm_jax import sharding
   total = length + sc.max_new_tokens
   row = sharding.logical_sharding(("batch", None), (unique or batch, length), mesh, rules)
-  kv = sharding.logical_sharding(("layers", "batch", "length", "kv_heads", "head_dim"),
-                                 (cfg.num_layers, batch, total, cfg.num_kv_heads, cfg.head_dim),
-                                 mesh, rules)
-  cache_sh = KVCache(kv, kv, sharding.logical_sharding(("batch", None), (batch, total), mesh, rules),
-                     sharding.logical_sharding((), (), mesh, rules))
+  cache_sh = KVCache.shardings(cfg, batch, total, mesh, rules)
   keys_sh = sharding.logical_sharding(("batch", None), (batch, 2), mesh, rules)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   fn = sharding.jit_apply(

@@ -25,7 +25,6 @@ from prm_jax.sampling import Sampler, SamplingConfig, bucket_length, left_pad, n
 from prm_jax.scoring import Scorer
 from prm_jax.step_format import ANSWER_HEADER, StepFormat
 
-KV_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
 # How a row's step ended (`decode_step`): RUNNING after the loop means it reached max_step_tokens.
 RUNNING, STEP, ANSWER, EOS = 0, 1, 2, 3
 
@@ -70,18 +69,13 @@ def step_tables(fmt: StepFormat, tok, stop_at_answer: bool = True) -> tuple[np.n
 # ----------------------------------------------------------------------------- device programs
 
 def _empty(cfg, rows: int, length: int) -> KVCache:
-  c = KVCache.init(cfg, rows, length)
-  return KVCache(sharding.constrain(c.k, KV_AXES), sharding.constrain(c.v, KV_AXES),
-                 sharding.constrain(c.pos, ("batch", None)), c.index)
+  return KVCache.init(cfg, rows, length).constrained()
 
 
 def take_rows(cache: KVCache, rows: jax.Array, *arrays: jax.Array):
   """The cache (and per-row arrays) with row r holding row `rows[r]`'s: a prefix copied to the rows
   that continue it."""
-  out = KVCache(sharding.constrain(jnp.take(cache.k, rows, axis=1), KV_AXES),
-                sharding.constrain(jnp.take(cache.v, rows, axis=1), KV_AXES),
-                sharding.constrain(jnp.take(cache.pos, rows, axis=0), ("batch", None)), cache.index)
-  return (out,) + tuple(jnp.take(a, rows, axis=0) for a in arrays)
+  return (cache.take_rows(rows),) + tuple(jnp.take(a, rows, axis=0) for a in arrays)
 
 
 def rewind(cache: KVCache, index: jax.Array) -> KVCache:
@@ -95,11 +89,10 @@ def grow(cache: KVCache, size: int) -> KVCache:
   """The cache with empty slots appended up to `size` (attention costs what a search has used,
   not the most it may use)."""
   extra = size - cache.pos.shape[1]
-  pad = [(0, 0)] * cache.k.ndim
-  pad[2] = (0, extra)
-  return KVCache(sharding.constrain(jnp.pad(cache.k, pad), KV_AXES),
-                 sharding.constrain(jnp.pad(cache.v, pad), KV_AXES),
-                 jnp.pad(cache.pos, ((0, 0), (0, extra)), constant_values=-1), cache.index)
+  def pad(a):  # the slots are axis 2 in either layout
+    return jnp.pad(a, [(0, extra) if d == 2 else (0, 0) for d in range(a.ndim)])
+  return cache.map_kv(pad)._replace(pos=jnp.pad(cache.pos, ((0, 0), (0, extra)),
+                                                constant_values=-1))
 
 
 def _room(rows, need: int) -> bool:
@@ -262,8 +255,7 @@ class _Programs:
     return sharding.put_global(np.asarray(x), self.replicated)
 
   def cache_sh(self, cfg, b: int, s: int) -> KVCache:
-    kv = self.sh(KV_AXES, (cfg.num_layers, b, s, cfg.num_kv_heads, cfg.head_dim))
-    return KVCache(kv, kv, self.sh(("batch",), (b, s)), self.replicated)
+    return KVCache.shardings(cfg, b, s, self.mesh, self.rules)
 
   def model_fn(self, fn, args_sh, out_sh, donate=(), **static):
     """`fn(model, *args, **static)` jitted over the weights with these shardings."""

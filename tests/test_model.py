@@ -58,6 +58,14 @@ def test_kv_cache_decoding_equals_full_forward(tiny_cfg, scan):
   np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-5)
   assert int(cache.index) == 9
   assert (np.asarray(cache.pos[:, :9]) == np.arange(9)).all() and (cache.pos[:, 9:] == -1).all()
+  c = tiny_cfg
+  shapes = {a.shape for a in jax.tree.leaves(cache.k)}  # stacked, or one heads-major per layer
+  assert shapes == ({(c.num_layers, 2, 16, c.num_kv_heads, c.head_dim)} if scan else
+                    {(2, c.num_kv_heads, 16, c.head_dim)})
+  assert len(jax.tree.leaves(cache.v)) == (1 if scan else c.num_layers)
+  other = KVCache.init(tiny_cfg.replace(scan_layers=not scan), 2, 16)
+  with pytest.raises(ValueError, match="stacked cache" if scan else "per-layer cache"):
+    decode(model, x[:, :1], other)
 
 
 def test_left_padded_prompt_in_cache_is_invisible(lm):

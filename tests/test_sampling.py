@@ -102,6 +102,27 @@ def test_greedy_kv_cache_equals_full_forward_argmax(tiny_cfg, scan):
       seq.append(int(out[r, i]))
 
 
+def test_the_decode_loop_reads_a_per_layer_cache_in_place(tiny_cfg):
+  """An unscanned model's heads-major per-layer cache is updated in place and read by the
+  attention dots as laid out: the compiled decode loop neither copies nor transposes any array
+  of keys or values with the cache's 24 slots. The scanned model's stacked [L,B,S,K,H] cache is
+  the control: XLA transposes each layer's slice every step (the detector finds them)."""
+  import re
+  def cache_moves(scan):
+    cfg = tiny_cfg.replace(scan_layers=scan)
+    model = CausalLM(cfg, rngs=nnx.Rngs(0))
+    sc = SamplingConfig(max_new_tokens=8, temperature=1.0, eos_id=3, pad_id=0)
+    tok, pos = left_pad([[2, 5, 6]] * 4, 4, 0)
+    hlo = jax.jit(generate, static_argnums=7, donate_argnums=1).lower(
+        model, KVCache.init(cfg, 4, 24), tok, pos, row_keys(0, "abcd", [0] * 4), NO_STOPS.next,
+        NO_STOPS.accept, sc).compile().as_text()
+    assert 24 not in (cfg.dim, cfg.mlp_dim, cfg.head_dim, cfg.vocab_size, cfg.num_layers)
+    assert cfg.head_dim == 16  # keys/values: 24 slots, 16 last (attention scores end in 24)
+    return re.findall(r"= f32\[[\d,]*\b24,[\d,]*\b16\]\S* (?:copy|transpose)\(", hlo)
+  assert cache_moves(False) == []
+  assert len(cache_moves(True)) >= 2 * tiny_cfg.num_layers
+
+
 class Scripted:
   """A stand-in model whose next token is a fixed script indexed by position (tests the loop logic)."""
 
@@ -313,7 +334,7 @@ class Recording:
 
   def decode(self, tokens, cache, positions):
     if tokens.shape[1] > 1:
-      self.prefills.append((tokens.shape, cache.k.shape))
+      self.prefills.append((tokens.shape, [a.shape for a in cache.k]))  # per-layer [B,K,S,H]
     return self.model.decode(tokens, cache, positions)
 
 
@@ -328,14 +349,14 @@ def test_generate_prefills_each_prompt_once_and_matches_replicated(small_lm):
   tok, pos = left_pad(unique, 8, 0)
   shared, shared_lens, cache = run(rec, KVCache.init(model.cfg, 8, 18), tok, pos, keys,
                                    NO_STOPS.next, NO_STOPS.accept, sc, rows)
-  assert rec.prefills == [((3, 8), (2, 3, 18, 2, 16))]  # 3 prompt rows prefilled, not 8
-  assert cache.k.shape[1] == 8 and np.array_equal(np.asarray(cache.pos)[:, :8],
+  assert rec.prefills == [((3, 8), [(3, 2, 18, 16)] * 2)]  # 3 prompt rows prefilled, not 8
+  assert cache.k[0].shape[0] == 8 and np.array_equal(np.asarray(cache.pos)[:, :8],
                                                   np.asarray(pos)[rows])
   tok, pos = left_pad([unique[r] for r in rows], 8, 0)
   rec = Recording(model)
   want, want_lens, _ = run(rec, KVCache.init(model.cfg, 8, 18), tok, pos, keys, NO_STOPS.next,
                            NO_STOPS.accept, sc)
-  assert rec.prefills == [((8, 8), (2, 8, 18, 2, 16))]
+  assert rec.prefills == [((8, 8), [(8, 2, 18, 16)] * 2)]
   np.testing.assert_array_equal(shared, want)   # token for token
   np.testing.assert_array_equal(shared_lens, want_lens)
   assert len({tuple(r) for r in np.asarray(shared).tolist()}) == 8  # each row its own key

@@ -38,20 +38,84 @@ def zeros(_, shape, dtype):
   return jnp.zeros(shape, dtype)
 
 
-class KVCache(NamedTuple):
-  """Fixed-size cache for all layers. `pos[b, s]` is the position stored in slot s (-1: empty/padding)."""
+STACKED_KV_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
+PER_LAYER_KV_AXES = ("batch", "kv_heads", "length", "head_dim")
 
-  k: jax.Array      # [L, B, S, K, H]
-  v: jax.Array      # [L, B, S, K, H]
+
+class KVCache(NamedTuple):
+  """Fixed-size cache for all layers. `pos[b, s]`: the position stored in slot s (-1: empty).
+
+  Two layouts of `k` / `v`, by `cfg.scan_layers`: one stacked [L,B,S,K,H] buffer that a scan over
+  the layers walks, or (unscanned) a tuple of L per-layer heads-major [B,K,S,H] buffers. A decode
+  loop updates each per-layer buffer in place and the attention dots read it as laid out; XLA
+  copies a stacked cache's per-layer slices and transposes their [S,K] to [K,S] at every step
+  (the tiny LLaMA of scripts/bench_sampling.py samples about 1.5x slower on CPU with it). Both
+  have the batch at `batch_axis` and the slots on axis 2; `take_rows`, `map_kv` and `shardings`
+  serve either.
+  """
+
+  k: jax.Array | tuple[jax.Array, ...]  # [L,B,S,K,H], or L x [B,K,S,H]
+  v: jax.Array | tuple[jax.Array, ...]
   pos: jax.Array    # int32 [B, S]
   index: jax.Array  # int32 [], next slot to write
 
   @classmethod
   def init(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
     dtype = dtype or cfg.compute_dtype
-    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
-               jnp.full((batch, max_len), -1, jnp.int32), jnp.zeros((), jnp.int32))
+    if cfg.scan_layers:
+      shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+      k, v = jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+    else:
+      shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+      k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+      v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    return cls(k, v, jnp.full((batch, max_len), -1, jnp.int32), jnp.zeros((), jnp.int32))
+
+  @staticmethod
+  def shardings(cfg: ModelConfig, batch: int, max_len: int, mesh, rules) -> "KVCache":
+    """The NamedShardings of `init(cfg, batch, max_len)`'s arrays (rows over the batch axes)."""
+    def sh(axes, shape):
+      return sharding.logical_sharding(axes, shape, mesh, rules)
+    if cfg.scan_layers:
+      kv = sh(STACKED_KV_AXES, (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim))
+    else:
+      one = sh(PER_LAYER_KV_AXES, (batch, cfg.num_kv_heads, max_len, cfg.head_dim))
+      kv = (one,) * cfg.num_layers
+    return KVCache(kv, kv, sh(("batch", None), (batch, max_len)), sh((), ()))
+
+  @property
+  def per_layer(self) -> bool:
+    return isinstance(self.k, tuple)
+
+  @property
+  def batch_axis(self) -> int:
+    return 0 if self.per_layer else 1
+
+  def map_kv(self, fn) -> "KVCache":
+    """The cache with `fn(buffer)` applied to every k / v buffer, sharding-constrained (rows over
+    the batch axes) inside `sharding.use_rules`."""
+    axes = PER_LAYER_KV_AXES if self.per_layer else STACKED_KV_AXES
+    return self._replace(k=jax.tree.map(lambda a: sharding.constrain(fn(a), axes), self.k),
+                         v=jax.tree.map(lambda a: sharding.constrain(fn(a), axes), self.v))
+
+  def constrained(self) -> "KVCache":
+    """The cache constrained to its rows over the batch axes (a fresh one built inside a jit)."""
+    return self.map_kv(lambda a: a)._replace(pos=sharding.constrain(self.pos, ("batch", None)))
+
+  def empty(self, rows: int) -> "KVCache":
+    """An empty cache of this one's layout, length and dtype with `rows` rows, constrained."""
+    def zeros(a):
+      shape = list(a.shape)
+      shape[self.batch_axis] = rows
+      return jnp.zeros(shape, a.dtype)
+    return self.map_kv(zeros)._replace(
+        pos=sharding.constrain(jnp.full((rows, self.pos.shape[1]), -1, jnp.int32),
+                               ("batch", None)), index=jnp.zeros((), jnp.int32))
+
+  def take_rows(self, rows: jax.Array) -> "KVCache":
+    """Row r holding row `rows[r]`'s keys, values and positions (a gather that may cross shards)."""
+    out = self.map_kv(lambda a: jnp.take(a, rows, axis=self.batch_axis))
+    return out._replace(pos=sharding.constrain(jnp.take(self.pos, rows, axis=0), ("batch", None)))
 
 
 class RMSNorm(nnx.Module):
@@ -93,21 +157,23 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
-           is_causal: bool) -> jax.Array:
-  """softmax(q k^T / sqrt(H)) v over grouped KV heads: q [B,T,N,H], k/v [B,S,K,H], mask
-  [B,1,T,S] or None; [B,T,N,H] out. The numerics of `jax.nn.dot_product_attention`'s XLA path
-  (scores and softmax in float32, masked scores a large finite negative), with the value product
-  laid out as [B,K,G,T,H] and transposed after: XLA's CPU dot writes the [B,T,K,G,H] layout that
-  jax's path asks for about 2.5x slower (16 x 256 tokens, 4 heads of 16: 14 vs 36 ms, measured).
-  On GPU, jax's own function, which can take cuDNN's fused kernel."""
-  if jax.default_backend() == "gpu":
+           is_causal: bool, heads_major: bool = False) -> jax.Array:
+  """softmax(q k^T / sqrt(H)) v over grouped KV heads: q [B,T,N,H], k/v [B,S,K,H] (`heads_major`:
+  [B,K,S,H], a per-layer cache), mask [B,1,T,S] or None; [B,T,N,H] out. The numerics of
+  `jax.nn.dot_product_attention`'s XLA path (scores and softmax in float32, masked scores a large
+  finite negative), with the value product laid out as [B,K,G,T,H] and transposed after: XLA's
+  CPU dot writes the [B,T,K,G,H] layout that jax's path asks for about 2.5x slower (16 x 256
+  tokens, 4 heads of 16: 14 vs 36 ms, measured). On GPU (keys [B,S,K,H]), jax's own function,
+  which can take cuDNN's fused kernel."""
+  if jax.default_backend() == "gpu" and not heads_major:
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
   b, t, n, h = q.shape
-  s, kh = k.shape[1], k.shape[2]
+  kh, s = (k.shape[1], k.shape[2]) if heads_major else (k.shape[2], k.shape[1])
   g = n // kh
+  kv = "bksh" if heads_major else "bskh"
   precision = (jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None)
   logits_dtype = jnp.promote_types(q.dtype, jnp.float32)
-  logits = jnp.einsum("btkgh,bskh->bkgts", q.reshape(b, t, kh, g, h), k, precision=precision,
+  logits = jnp.einsum(f"btkgh,{kv}->bkgts", q.reshape(b, t, kh, g, h), k, precision=precision,
                       preferred_element_type=logits_dtype)
   logits = (logits * jnp.asarray(h ** -0.5, logits.dtype)).astype(jnp.float32)
   if is_causal and mask is None:
@@ -115,7 +181,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
   if mask is not None:  # [B,1,T,S] -> [B,1,1,T,S]
     logits = jnp.where(mask[:, :, None], logits, np.float32(-0.7 * np.finfo(np.float32).max))
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskh->bkgth", probs, v)
+  out = jnp.einsum(f"bkgts,{kv}->bkgth", probs, v)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
@@ -174,9 +240,9 @@ class Attention(nnx.Module):
     return y
 
   def __call__(self, x, positions, mask, is_causal, inv_freq, kv=None, index=None, only_at=None):
-    """Returns the attention output and this call's new keys/values (to be written to the cache).
-
-    With a cache slice `kv=(k, v)` of this layer, queries attend over the cache with the new rows in place.
+    """Returns the attention output and, with this layer's cache `kv=(k, v)`, what it writes: its
+    new keys/values [B,T,K,H] for a scanned (stacked) cache, its updated [B,K,S,H] buffers for a
+    per-layer one. Queries attend over the cache with the new rows in place.
     With `only_at` (int[B,R] columns of each row), the output [B,R,D] of those queries alone, over
     every key of their row (`mask` [B,1,T,T] or None, causal): one plain `attend` of R queries.
     """
@@ -190,17 +256,25 @@ class Attention(nnx.Module):
     new_kv = None
     if kv is not None:
       ck, cv = kv
-      new_kv = (k.astype(ck.dtype), v.astype(cv.dtype))
-      k = jax.lax.dynamic_update_slice(ck, new_kv[0], (0, index, 0, 0)).astype(q.dtype)
-      v = jax.lax.dynamic_update_slice(cv, new_kv[1], (0, index, 0, 0)).astype(q.dtype)
+      if self.cfg.scan_layers:
+        new_kv = (k.astype(ck.dtype), v.astype(cv.dtype))
+        k = jax.lax.dynamic_update_slice(ck, new_kv[0], (0, index, 0, 0)).astype(q.dtype)
+        v = jax.lax.dynamic_update_slice(cv, new_kv[1], (0, index, 0, 0)).astype(q.dtype)
+      else:  # heads-major: the [B,K,T,H] rows written into the layer's buffer in place
+        new_kv = tuple(jax.lax.dynamic_update_slice(c, a.transpose(0, 2, 1, 3).astype(c.dtype),
+                                                    (0, 0, index, 0))
+                       for c, a in ((ck, k), (cv, v)))
+        k, v = (a.astype(q.dtype) for a in new_kv)
     if only_at is not None:
       keys = jnp.arange(x.shape[1])
       m = (only_at[:, None, :, None] >= keys) if mask is None else jnp.take_along_axis(
           mask, only_at[:, None, :, None], axis=2)
       out = attend(q, k, v, m, False)
+    elif kv is not None:
+      out = attend(q, k, v, mask, is_causal, heads_major=not self.cfg.scan_layers)
     else:
-      block = self.cfg.attention_block if kv is None else 0
-      out = blocked_attention(q, k, v, mask, is_causal, block, self.cfg.sliding_window)
+      out = blocked_attention(q, k, v, mask, is_causal, self.cfg.attention_block,
+                              self.cfg.sliding_window)
     out = jnp.einsum("btnh,nhd->btd", out, self.o_proj[...].astype(x.dtype))
     return out, new_kv
 
@@ -327,6 +401,8 @@ class Transformer(nnx.Module):
 
     if cfg.scan_layers:
       graphdef, state = nnx.split(self.layers)
+      if cache is not None and cache.per_layer:
+        raise ValueError("a scanned model takes a stacked cache: KVCache.init(cfg, ...)")
       kvs = None if cache is None else (cache.k, cache.v)
       if only_at is None:
         x, new_kv = jax.lax.scan(scan_body(graphdef), x, (state, kvs))
@@ -338,7 +414,9 @@ class Transformer(nnx.Module):
         cache = cache._replace(k=jax.lax.dynamic_update_slice(cache.k, new_kv[0], at),
                                v=jax.lax.dynamic_update_slice(cache.v, new_kv[1], at))
     else:
-      new_rows = []
+      if cache is not None and not cache.per_layer:
+        raise ValueError("an unscanned model takes a per-layer cache: KVCache.init(cfg, ...)")
+      written = []
       for i, layer in enumerate(self.layers):
         graphdef, state = nnx.split(layer)
         kv = None if cache is None else (cache.k[i], cache.v[i])
@@ -346,14 +424,9 @@ class Transformer(nnx.Module):
           x, new_kv = body(x, (graphdef, state, kv), only_at)
         else:
           x, new_kv = scan_body(graphdef)(x, (state, kv))
-        new_rows.append(new_kv)
-      if cache is not None:  # every layer's new rows in one update after the last read of the
-        # old cache: written layer by layer, XLA copied the whole cache at each write (it is
-        # still read by the layers after), 2 x num_layers copies a decode step
-        at = (0, 0, cache.index, 0, 0)
-        cache = cache._replace(
-            k=jax.lax.dynamic_update_slice(cache.k, jnp.stack([r[0] for r in new_rows]), at),
-            v=jax.lax.dynamic_update_slice(cache.v, jnp.stack([r[1] for r in new_rows]), at))
+        written.append(new_kv)
+      if cache is not None:
+        cache = cache._replace(k=tuple(w[0] for w in written), v=tuple(w[1] for w in written))
     x = self.final_norm(x)
     if cache is not None:
       cache = cache._replace(pos=cache_pos, index=cache.index + t)
