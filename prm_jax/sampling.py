@@ -97,11 +97,11 @@ def generate(model: CausalLM, cache: KVCache, prompts: jax.Array, positions: jax
   next_pos = jnp.max(positions, axis=1) + 1
   if rows is None:
     cache = cache.empty(b)
-    logits, cache = model.decode(prompts, cache, positions)
+    logits, cache = model.decode(prompts, cache, positions, fresh=True)
     last = logits[:, -1]
   else:
     small = cache.empty(u)
-    logits, small = model.decode(prompts, small, positions)
+    logits, small = model.decode(prompts, small, positions, fresh=True)
     cache = small.take_rows(rows)  # each prompt's rows to the decode rows that continue it
     last = sharding.constrain(jnp.take(logits[:, -1], rows, axis=0), ("batch", None))
     next_pos = jnp.take(next_pos, rows, axis=0)

@@ -112,9 +112,9 @@ def prefill(forward, cfg, tokens: jax.Array, positions: jax.Array, length: int,
             rows: jax.Array | None = None):
   """Left-padded prompts [U, L] run into a fresh cache of `length` slots; with `rows` int32[B] each
   of the B rows then takes its prompt's cache rows (a problem's n rows prefill its prompt once).
-  `forward(tokens, cache, positions) -> (outputs, cache)`. Returns (cache, each row's last output,
-  each row's next position)."""
-  out, cache = forward(tokens, _empty(cfg, tokens.shape[0], length), positions)
+  `forward(tokens, cache, positions, fresh) -> (outputs, cache)`. Returns (cache, each row's last
+  output, each row's next position)."""
+  out, cache = forward(tokens, _empty(cfg, tokens.shape[0], length), positions, fresh=True)
   last, nxt = out[:, -1], jnp.max(positions, axis=1) + 1
   return take_rows(cache, rows, last, nxt) if rows is not None else (cache, last, nxt)
 
@@ -153,9 +153,10 @@ def decode_step(model, cache: KVCache, last: jax.Array, pos: jax.Array, keys: ja
 
 
 def prm_forward(rm, neutral_is_positive: bool):
-  """`forward(tokens, cache, positions) -> (P(ok) at every token, cache)` of a RewardModel."""
-  def forward(tokens, cache, positions):
-    hidden, cache = rm.transformer(tokens, positions, cache=cache)
+  """`forward(tokens, cache, positions, fresh) -> (P(ok) at every token, cache)` of a
+  RewardModel (`fresh`: an empty cache, see `Transformer`)."""
+  def forward(tokens, cache, positions, fresh=False):
+    hidden, cache = rm.transformer(tokens, positions, cache=cache, fresh=fresh)
     return rm.ok_probability(rm.head(hidden), neutral_is_positive), cache
   return forward
 
@@ -218,7 +219,7 @@ def _prm_chunk(m, cache, tokens, positions, *, nip):
 
 
 def _prm_from_scratch(m, tokens, positions, *, cfg, nip):
-  return prm_forward(m, nip)(tokens, _empty(cfg, *tokens.shape), positions)[0]
+  return prm_forward(m, nip)(tokens, _empty(cfg, *tokens.shape), positions, fresh=True)[0]
 
 
 def _take_cache(cache: KVCache, rows: jax.Array) -> KVCache:

@@ -68,6 +68,35 @@ def test_kv_cache_decoding_equals_full_forward(tiny_cfg, scan):
     decode(model, x[:, :1], other)
 
 
+@pytest.mark.parametrize("scan,window", [(False, None), (True, None), (False, 3)])
+def test_a_fresh_prefill_equals_attending_over_the_whole_cache(tiny_cfg, scan, window):
+  """`fresh` (the cache is empty): the new tokens attend to each other alone, in query blocks
+  (4 here, 11 tokens), not over every slot. Left-padded prompts of different lengths, a sliding
+  window: the same logits and the same cache as the slot-wise prefill, and the decode step after
+  reads the cache either wrote the same."""
+  cfg = tiny_cfg.replace(scan_layers=scan, attention_block=4, sliding_window=window)
+  model = CausalLM(cfg, rngs=nnx.Rngs(0))
+  x = tokens(2, 11)
+  positions = jnp.asarray([[-1] * 3 + list(range(8)), list(range(11))], jnp.int32)
+  run = nnx.jit(lambda m, x, c, p, fresh: m.decode(x, c, p, fresh), static_argnums=4)
+  got, got_cache = run(model, x, KVCache.init(cfg, 2, 16), positions, True)
+  want, want_cache = run(model, x, KVCache.init(cfg, 2, 16), positions, False)
+  real = np.asarray(positions) >= 0  # a padding token's own output is never read
+  np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-5)
+  np.testing.assert_array_equal(got_cache.pos, want_cache.pos)
+  slots = np.asarray(want_cache.pos) >= 0  # [B,S]; padding slots are never attended
+  seen = slots[None, :, :, None, None] if scan else slots[:, None, :, None]
+  for a, b in zip(jax.tree.leaves((got_cache.k, got_cache.v)),
+                  jax.tree.leaves((want_cache.k, want_cache.v))):
+    np.testing.assert_allclose(np.where(seen, a, 0), np.where(seen, b, 0), atol=1e-6)
+  nxt = tokens(2, 1, seed=5)
+  step = jnp.asarray([[8], [11]], jnp.int32)
+  np.testing.assert_allclose(run(model, nxt, got_cache, step, False)[0],
+                             run(model, nxt, want_cache, step, False)[0], atol=1e-5)
+  with pytest.raises(ValueError, match="fresh is for a prefill"):
+    model.transformer(x, fresh=True)
+
+
 def test_left_padded_prompt_in_cache_is_invisible(lm):
   """Bucketed prompts are left-padded with position -1: the real tokens must not see the padding."""
   x = tokens(1, 6)

@@ -45,7 +45,7 @@ class Fixed:
   def __init__(self, logits):
     self.logits = jnp.asarray(logits, jnp.float32)
 
-  def decode(self, tokens, cache, positions):
+  def decode(self, tokens, cache, positions, fresh=False):
     return jnp.broadcast_to(self.logits, tokens.shape + self.logits.shape), cache
 
 
@@ -129,7 +129,7 @@ class Scripted:
   def __init__(self, script, vocab=16):
     self.script, self.vocab = jnp.asarray(script), vocab
 
-  def decode(self, tokens, cache, positions):
+  def decode(self, tokens, cache, positions, fresh=False):
     nxt = self.script[jnp.clip(positions + 1, 0, len(self.script) - 1)]
     return jax.nn.one_hot(nxt, self.vocab) * 50.0, cache
 
@@ -332,10 +332,10 @@ class Recording:
   def __init__(self, model):
     self.model, self.prefills = model, []
 
-  def decode(self, tokens, cache, positions):
+  def decode(self, tokens, cache, positions, fresh=False):
     if tokens.shape[1] > 1:
-      self.prefills.append((tokens.shape, [a.shape for a in cache.k]))  # per-layer [B,K,S,H]
-    return self.model.decode(tokens, cache, positions)
+      self.prefills.append((tokens.shape, [a.shape for a in cache.k], fresh))  # [B,K,S,H] a layer
+    return self.model.decode(tokens, cache, positions, fresh)
 
 
 def test_generate_prefills_each_prompt_once_and_matches_replicated(small_lm):
@@ -349,14 +349,14 @@ def test_generate_prefills_each_prompt_once_and_matches_replicated(small_lm):
   tok, pos = left_pad(unique, 8, 0)
   shared, shared_lens, cache = run(rec, KVCache.init(model.cfg, 8, 18), tok, pos, keys,
                                    NO_STOPS.next, NO_STOPS.accept, sc, rows)
-  assert rec.prefills == [((3, 8), [(3, 2, 18, 16)] * 2)]  # 3 prompt rows prefilled, not 8
+  assert rec.prefills == [((3, 8), [(3, 2, 18, 16)] * 2, True)]  # 3 prompt rows prefilled, not 8
   assert cache.k[0].shape[0] == 8 and np.array_equal(np.asarray(cache.pos)[:, :8],
                                                   np.asarray(pos)[rows])
   tok, pos = left_pad([unique[r] for r in rows], 8, 0)
   rec = Recording(model)
   want, want_lens, _ = run(rec, KVCache.init(model.cfg, 8, 18), tok, pos, keys, NO_STOPS.next,
                            NO_STOPS.accept, sc)
-  assert rec.prefills == [((8, 8), [(8, 2, 18, 16)] * 2)]
+  assert rec.prefills == [((8, 8), [(8, 2, 18, 16)] * 2, True)]
   np.testing.assert_array_equal(shared, want)   # token for token
   np.testing.assert_array_equal(shared_lens, want_lens)
   assert len({tuple(r) for r in np.asarray(shared).tolist()}) == 8  # each row its own key

@@ -43,10 +43,11 @@ class CausalLM(nnx.Module):
     hidden, _ = self.transformer(tokens, positions, segment_ids)
     return self.logits(hidden)
 
-  def decode(self, tokens: jax.Array, cache: KVCache,
-             positions: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
-    """Prefill or decode step: logits for `tokens` attending over (and appended to) the cache."""
-    hidden, cache = self.transformer(tokens, positions, cache=cache)
+  def decode(self, tokens: jax.Array, cache: KVCache, positions: jax.Array | None = None,
+             fresh: bool = False) -> tuple[jax.Array, KVCache]:
+    """Prefill or decode step: logits for `tokens` attending over (and appended to) the cache;
+    `fresh`: the cache is empty (a prefill), see `Transformer`."""
+    hidden, cache = self.transformer(tokens, positions, cache=cache, fresh=fresh)
     return self.logits(hidden), cache
 
 
