@@ -1,6 +1,7 @@
 """The KV-cache sampler and the sample/score commands (real subprocesses, real SIGKILL)."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,7 +108,6 @@ def test_the_decode_loop_reads_a_per_layer_cache_in_place(tiny_cfg):
   attention dots as laid out: the compiled decode loop neither copies nor transposes any array
   of keys or values with the cache's 24 slots. The scanned model's stacked [L,B,S,K,H] cache is
   the control: XLA transposes each layer's slice every step (the detector finds them)."""
-  import re
   def cache_moves(scan):
     cfg = tiny_cfg.replace(scan_layers=scan)
     model = CausalLM(cfg, rngs=nnx.Rngs(0))

@@ -60,28 +60,29 @@ class KVCache(NamedTuple):
   index: jax.Array  # int32 [], next slot to write
 
   @classmethod
-  def init(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
-    dtype = dtype or cfg.compute_dtype
+  def _build(cls, cfg: ModelConfig, batch: int, max_len: int, buffer, pos, index) -> "KVCache":
+    """The cache's tree of `buffer(axes, shape)` for k and v in `cfg`'s layout, with `pos` and
+    `index`: one place for both layouts, shared by `init` and `shardings`."""
     if cfg.scan_layers:
       shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-      k, v = jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
-    else:
-      shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-      k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
-      v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
-    return cls(k, v, jnp.full((batch, max_len), -1, jnp.int32), jnp.zeros((), jnp.int32))
+      return cls(buffer(STACKED_KV_AXES, shape), buffer(STACKED_KV_AXES, shape), pos, index)
+    shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+    layers = range(cfg.num_layers)
+    return cls(tuple(buffer(PER_LAYER_KV_AXES, shape) for _ in layers),
+               tuple(buffer(PER_LAYER_KV_AXES, shape) for _ in layers), pos, index)
 
-  @staticmethod
-  def shardings(cfg: ModelConfig, batch: int, max_len: int, mesh, rules) -> "KVCache":
+  @classmethod
+  def init(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
+    dtype = dtype or cfg.compute_dtype
+    return cls._build(cfg, batch, max_len, lambda _, shape: jnp.zeros(shape, dtype),
+                      jnp.full((batch, max_len), -1, jnp.int32), jnp.zeros((), jnp.int32))
+
+  @classmethod
+  def shardings(cls, cfg: ModelConfig, batch: int, max_len: int, mesh, rules) -> "KVCache":
     """The NamedShardings of `init(cfg, batch, max_len)`'s arrays (rows over the batch axes)."""
     def sh(axes, shape):
       return sharding.logical_sharding(axes, shape, mesh, rules)
-    if cfg.scan_layers:
-      kv = sh(STACKED_KV_AXES, (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim))
-    else:
-      one = sh(PER_LAYER_KV_AXES, (batch, cfg.num_kv_heads, max_len, cfg.head_dim))
-      kv = (one,) * cfg.num_layers
-    return KVCache(kv, kv, sh(("batch", None), (batch, max_len)), sh((), ()))
+    return cls._build(cfg, batch, max_len, sh, sh(("batch", None), (batch, max_len)), sh((), ()))
 
   @property
   def per_layer(self) -> bool:
@@ -381,6 +382,10 @@ class Transformer(nnx.Module):
       raise ValueError("only_at is for a forward without a cache")
     if fresh and cache is None:
       raise ValueError("fresh is for a prefill into an empty cache; no cache was given")
+    if cache is not None and cache.per_layer == cfg.scan_layers:
+      want = "a stacked" if cfg.scan_layers else "a per-layer"
+      raise ValueError(f"a model with scan_layers={cfg.scan_layers} takes {want} cache: "
+                       "KVCache.init(cfg, ...)")
     b, t = tokens.shape
     if positions is None:
       start = 0 if cache is None else cache.index
@@ -412,8 +417,6 @@ class Transformer(nnx.Module):
 
     if cfg.scan_layers:
       graphdef, state = nnx.split(self.layers)
-      if cache is not None and cache.per_layer:
-        raise ValueError("a scanned model takes a stacked cache: KVCache.init(cfg, ...)")
       kvs = None if cache is None else (cache.k, cache.v)
       if only_at is None:
         x, new_kv = jax.lax.scan(scan_body(graphdef), x, (state, kvs))
@@ -425,8 +428,6 @@ class Transformer(nnx.Module):
         cache = cache._replace(k=jax.lax.dynamic_update_slice(cache.k, new_kv[0], at),
                                v=jax.lax.dynamic_update_slice(cache.v, new_kv[1], at))
     else:
-      if cache is not None and not cache.per_layer:
-        raise ValueError("an unscanned model takes a per-layer cache: KVCache.init(cfg, ...)")
       written = []
       for i, layer in enumerate(self.layers):
         graphdef, state = nnx.split(layer)
