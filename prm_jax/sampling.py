@@ -95,13 +95,14 @@ def generate(model: CausalLM, cache: KVCache, prompts: jax.Array, positions: jax
   from prm_jax import sharding
   b, u = keys.shape[0], prompts.shape[0]
   next_pos = jnp.max(positions, axis=1) + 1
+  last_col = jnp.full((u, 1), prompts.shape[1] - 1, jnp.int32)  # the prefill reads its logits only
   if rows is None:
     cache = cache.empty(b)
-    logits, cache = model.decode(prompts, cache, positions, fresh=True)
+    logits, cache = model.decode(prompts, cache, positions, fresh=True, only_at=last_col)
     last = logits[:, -1]
   else:
     small = cache.empty(u)
-    logits, small = model.decode(prompts, small, positions, fresh=True)
+    logits, small = model.decode(prompts, small, positions, fresh=True, only_at=last_col)
     cache = small.take_rows(rows)  # each prompt's rows to the decode rows that continue it
     last = sharding.constrain(jnp.take(logits[:, -1], rows, axis=0), ("batch", None))
     next_pos = jnp.take(next_pos, rows, axis=0)

@@ -89,8 +89,9 @@ def grow(cache: KVCache, size: int) -> KVCache:
   """The cache with empty slots appended up to `size` (attention costs what a search has used,
   not the most it may use)."""
   extra = size - cache.pos.shape[1]
-  def pad(a):  # the slots are axis 2 in either layout
-    return jnp.pad(a, [(0, extra) if d == 2 else (0, 0) for d in range(a.ndim)])
+  def pad(a, axes):
+    slots = axes.index("length")
+    return jnp.pad(a, [(0, extra) if d == slots else (0, 0) for d in range(a.ndim)])
   return cache.map_kv(pad)._replace(pos=jnp.pad(cache.pos, ((0, 0), (0, extra)),
                                                 constant_values=-1))
 
@@ -112,9 +113,12 @@ def prefill(forward, cfg, tokens: jax.Array, positions: jax.Array, length: int,
             rows: jax.Array | None = None):
   """Left-padded prompts [U, L] run into a fresh cache of `length` slots; with `rows` int32[B] each
   of the B rows then takes its prompt's cache rows (a problem's n rows prefill its prompt once).
-  `forward(tokens, cache, positions, fresh) -> (outputs, cache)`. Returns (cache, each row's last
-  output, each row's next position)."""
-  out, cache = forward(tokens, _empty(cfg, tokens.shape[0], length), positions, fresh=True)
+  `forward(tokens, cache, positions, fresh, only_at) -> (outputs, cache)` (outputs at the
+  `only_at` columns: each prompt's last). Returns (cache, each row's last output, each row's next
+  position)."""
+  last_col = jnp.full((tokens.shape[0], 1), tokens.shape[1] - 1, jnp.int32)
+  out, cache = forward(tokens, _empty(cfg, tokens.shape[0], length), positions, fresh=True,
+                       only_at=last_col)
   last, nxt = out[:, -1], jnp.max(positions, axis=1) + 1
   return take_rows(cache, rows, last, nxt) if rows is not None else (cache, last, nxt)
 
@@ -153,10 +157,10 @@ def decode_step(model, cache: KVCache, last: jax.Array, pos: jax.Array, keys: ja
 
 
 def prm_forward(rm, neutral_is_positive: bool):
-  """`forward(tokens, cache, positions, fresh) -> (P(ok) at every token, cache)` of a
-  RewardModel (`fresh`: an empty cache, see `Transformer`)."""
-  def forward(tokens, cache, positions, fresh=False):
-    hidden, cache = rm.transformer(tokens, positions, cache=cache, fresh=fresh)
+  """`forward(tokens, cache, positions, fresh, only_at) -> (P(ok) at every token, or at the
+  `only_at` columns, cache)` of a RewardModel (`fresh`: an empty cache, see `Transformer`)."""
+  def forward(tokens, cache, positions, fresh=False, only_at=None):
+    hidden, cache = rm.transformer(tokens, positions, cache=cache, only_at=only_at, fresh=fresh)
     return rm.ok_probability(rm.head(hidden), neutral_is_positive), cache
   return forward
 

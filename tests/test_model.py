@@ -59,9 +59,12 @@ def test_kv_cache_decoding_equals_full_forward(tiny_cfg, scan):
   assert int(cache.index) == 9
   assert (np.asarray(cache.pos[:, :9]) == np.arange(9)).all() and (cache.pos[:, 9:] == -1).all()
   c = tiny_cfg
-  shapes = {a.shape for a in jax.tree.leaves(cache.k)}  # stacked, or one heads-major per layer
+  shapes = {a.shape for a in jax.tree.leaves(cache.k)}  # stacked, or one [B,K,H,S] per layer
   assert shapes == ({(c.num_layers, 2, 16, c.num_kv_heads, c.head_dim)} if scan else
-                    {(2, c.num_kv_heads, 16, c.head_dim)})
+                    {(2, c.num_kv_heads, c.head_dim, 16)})
+  assert {a.shape for a in jax.tree.leaves(cache.v)} == ({(c.num_layers, 2, 16, c.num_kv_heads,
+                                                          c.head_dim)} if scan else
+                                                        {(2, c.num_kv_heads, 16, c.head_dim)})
   assert len(jax.tree.leaves(cache.v)) == (1 if scan else c.num_layers)
   other = KVCache.init(tiny_cfg.replace(scan_layers=not scan), 2, 16)
   with pytest.raises(ValueError, match="stacked cache" if scan else "per-layer cache"):
@@ -73,7 +76,8 @@ def test_a_fresh_prefill_equals_attending_over_the_whole_cache(tiny_cfg, scan, w
   """`fresh` (the cache is empty): the new tokens attend to each other alone, in query blocks
   (4 here, 11 tokens), not over every slot. Left-padded prompts of different lengths, a sliding
   window: the same logits and the same cache as the slot-wise prefill, and the decode step after
-  reads the cache either wrote the same."""
+  reads the cache either wrote the same. With `only_at` (each prompt's last column, as the
+  Sampler's prefill asks): those logits alone, equal, and the same cache."""
   cfg = tiny_cfg.replace(scan_layers=scan, attention_block=4, sliding_window=window)
   model = CausalLM(cfg, rngs=nnx.Rngs(0))
   x = tokens(2, 11)
@@ -84,11 +88,20 @@ def test_a_fresh_prefill_equals_attending_over_the_whole_cache(tiny_cfg, scan, w
   real = np.asarray(positions) >= 0  # a padding token's own output is never read
   np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-5)
   np.testing.assert_array_equal(got_cache.pos, want_cache.pos)
+  last_col = jnp.full((2, 1), 10, jnp.int32)
+  at, at_cache = nnx.jit(lambda m, x, c, p, o: m.decode(x, c, p, True, o))(
+      model, x, KVCache.init(cfg, 2, 16), positions, last_col)
+  assert at.shape == (2, 1, cfg.vocab_size)
+  np.testing.assert_allclose(at[:, 0], np.asarray(want)[:, -1], atol=1e-5)
+  for a, b in zip(jax.tree.leaves(at_cache), jax.tree.leaves(got_cache)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
   slots = np.asarray(want_cache.pos) >= 0  # [B,S]; padding slots are never attended
-  seen = slots[None, :, :, None, None] if scan else slots[:, None, :, None]
-  for a, b in zip(jax.tree.leaves((got_cache.k, got_cache.v)),
-                  jax.tree.leaves((want_cache.k, want_cache.v))):
-    np.testing.assert_allclose(np.where(seen, a, 0), np.where(seen, b, 0), atol=1e-6)
+  seen_k, seen_v = ((slots[None, :, :, None, None],) * 2 if scan else  # keys [B,K,H,S] a layer
+                    (slots[:, None, None, :], slots[:, None, :, None]))
+  for seen, got_kv, want_kv in ((seen_k, got_cache.k, want_cache.k),
+                                (seen_v, got_cache.v, want_cache.v)):
+    for a, b in zip(jax.tree.leaves(got_kv), jax.tree.leaves(want_kv)):
+      np.testing.assert_allclose(np.where(seen, a, 0), np.where(seen, b, 0), atol=1e-6)
   nxt = tokens(2, 1, seed=5)
   step = jnp.asarray([[8], [11]], jnp.int32)
   np.testing.assert_allclose(run(model, nxt, got_cache, step, False)[0],

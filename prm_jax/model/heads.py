@@ -44,10 +44,13 @@ class CausalLM(nnx.Module):
     return self.logits(hidden)
 
   def decode(self, tokens: jax.Array, cache: KVCache, positions: jax.Array | None = None,
-             fresh: bool = False) -> tuple[jax.Array, KVCache]:
+             fresh: bool = False, only_at: jax.Array | None = None
+             ) -> tuple[jax.Array, KVCache]:
     """Prefill or decode step: logits for `tokens` attending over (and appended to) the cache;
-    `fresh`: the cache is empty (a prefill), see `Transformer`."""
-    hidden, cache = self.transformer(tokens, positions, cache=cache, fresh=fresh)
+    `fresh`: the cache is empty (a prefill), see `Transformer`; with it, `only_at` (int[B,R]
+    columns, e.g. each prompt's last) gives the logits [B,R,V] at those columns alone, the whole
+    cache still written."""
+    hidden, cache = self.transformer(tokens, positions, cache=cache, only_at=only_at, fresh=fresh)
     return self.logits(hidden), cache
 
 

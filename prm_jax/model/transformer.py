@@ -39,23 +39,26 @@ def zeros(_, shape, dtype):
 
 
 STACKED_KV_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
-PER_LAYER_KV_AXES = ("batch", "kv_heads", "length", "head_dim")
+PER_LAYER_K_AXES = ("batch", "kv_heads", "head_dim", "length")  # slots minor: q k^T reads rows
+PER_LAYER_V_AXES = ("batch", "kv_heads", "length", "head_dim")
 
 
 class KVCache(NamedTuple):
   """Fixed-size cache for all layers. `pos[b, s]`: the position stored in slot s (-1: empty).
 
-  Two layouts of `k` / `v`, by `cfg.scan_layers`: one stacked [L,B,S,K,H] buffer that a scan over
-  the layers walks, or (unscanned) a tuple of L per-layer heads-major [B,K,S,H] buffers. A decode
-  loop updates each per-layer buffer in place and the attention dots read it as laid out; XLA
-  copies a stacked cache's per-layer slices and transposes their [S,K] to [K,S] at every step
-  (the tiny LLaMA of scripts/bench_sampling.py samples about 1.5x slower on CPU with it). Both
-  have the batch at `batch_axis` and the slots on axis 2; `take_rows`, `map_kv` and `shardings`
-  serve either.
+  Two layouts of `k` / `v`, by `cfg.scan_layers`: one stacked [L,B,S,K,H] buffer each that a scan
+  over the layers walks, or (unscanned) a tuple of L per-layer buffers, heads-major, the keys
+  [B,K,H,S] (slots minor) and the values [B,K,S,H]. A decode loop updates each per-layer buffer in
+  place and the attention dots read it as laid out: q k^T is then a row-times-matrix product over
+  contiguous slots, the layout XLA's CPU dot is fastest at for a few query rows (the keys
+  [B,K,S,H] took 1.8x as long for the tiny LLaMA of scripts/bench_sampling.py at 160 slots, 2.2x
+  at 640), and XLA copies a stacked cache's per-layer slices and transposes their [S,K] at every
+  step. `map_kv` hands each buffer with its logical axes (the batch, the slots: "length"), so
+  `take_rows`, `empty`, `shardings` and a search's `grow` serve either layout.
   """
 
-  k: jax.Array | tuple[jax.Array, ...]  # [L,B,S,K,H], or L x [B,K,S,H]
-  v: jax.Array | tuple[jax.Array, ...]
+  k: jax.Array | tuple[jax.Array, ...]  # [L,B,S,K,H], or L x [B,K,H,S]
+  v: jax.Array | tuple[jax.Array, ...]  # [L,B,S,K,H], or L x [B,K,S,H]
   pos: jax.Array    # int32 [B, S]
   index: jax.Array  # int32 [], next slot to write
 
@@ -66,10 +69,11 @@ class KVCache(NamedTuple):
     if cfg.scan_layers:
       shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
       return cls(buffer(STACKED_KV_AXES, shape), buffer(STACKED_KV_AXES, shape), pos, index)
-    shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+    k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, max_len)
+    v_shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     layers = range(cfg.num_layers)
-    return cls(tuple(buffer(PER_LAYER_KV_AXES, shape) for _ in layers),
-               tuple(buffer(PER_LAYER_KV_AXES, shape) for _ in layers), pos, index)
+    return cls(tuple(buffer(PER_LAYER_K_AXES, k_shape) for _ in layers),
+               tuple(buffer(PER_LAYER_V_AXES, v_shape) for _ in layers), pos, index)
 
   @classmethod
   def init(cls, cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
@@ -88,26 +92,27 @@ class KVCache(NamedTuple):
   def per_layer(self) -> bool:
     return isinstance(self.k, tuple)
 
-  @property
-  def batch_axis(self) -> int:
-    return 0 if self.per_layer else 1
-
   def map_kv(self, fn) -> "KVCache":
-    """The cache with `fn(buffer)` applied to every k / v buffer, sharding-constrained (rows over
-    the batch axes) inside `sharding.use_rules`."""
-    axes = PER_LAYER_KV_AXES if self.per_layer else STACKED_KV_AXES
-    return self._replace(k=jax.tree.map(lambda a: sharding.constrain(fn(a), axes), self.k),
-                         v=jax.tree.map(lambda a: sharding.constrain(fn(a), axes), self.v))
+    """The cache with `fn(buffer, axes)` applied to every k / v buffer (`axes`: its logical axis
+    names, e.g. `axes.index("length")` is its slot axis), sharding-constrained (rows over the batch
+    axes) inside `sharding.use_rules`."""
+    k_axes, v_axes = ((PER_LAYER_K_AXES, PER_LAYER_V_AXES) if self.per_layer else
+                      (STACKED_KV_AXES, STACKED_KV_AXES))
+    def apply(axes):
+      return lambda a: sharding.constrain(fn(a, axes), axes)
+    return self._replace(k=jax.tree.map(apply(k_axes), self.k),
+                         v=jax.tree.map(apply(v_axes), self.v))
 
   def constrained(self) -> "KVCache":
     """The cache constrained to its rows over the batch axes (a fresh one built inside a jit)."""
-    return self.map_kv(lambda a: a)._replace(pos=sharding.constrain(self.pos, ("batch", None)))
+    return self.map_kv(lambda a, _: a)._replace(
+        pos=sharding.constrain(self.pos, ("batch", None)))
 
   def empty(self, rows: int) -> "KVCache":
     """An empty cache of this one's layout, length and dtype with `rows` rows, constrained."""
-    def zeros(a):
+    def zeros(a, axes):
       shape = list(a.shape)
-      shape[self.batch_axis] = rows
+      shape[axes.index("batch")] = rows
       return jnp.zeros(shape, a.dtype)
     return self.map_kv(zeros)._replace(
         pos=sharding.constrain(jnp.full((rows, self.pos.shape[1]), -1, jnp.int32),
@@ -115,7 +120,7 @@ class KVCache(NamedTuple):
 
   def take_rows(self, rows: jax.Array) -> "KVCache":
     """Row r holding row `rows[r]`'s keys, values and positions (a gather that may cross shards)."""
-    out = self.map_kv(lambda a: jnp.take(a, rows, axis=self.batch_axis))
+    out = self.map_kv(lambda a, axes: jnp.take(a, rows, axis=axes.index("batch")))
     return out._replace(pos=sharding.constrain(jnp.take(self.pos, rows, axis=0), ("batch", None)))
 
 
@@ -159,22 +164,27 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
            is_causal: bool, heads_major: bool = False) -> jax.Array:
-  """softmax(q k^T / sqrt(H)) v over grouped KV heads: q [B,T,N,H], k/v [B,S,K,H] (`heads_major`:
-  [B,K,S,H], a per-layer cache), mask [B,1,T,S] or None; [B,T,N,H] out. The numerics of
-  `jax.nn.dot_product_attention`'s XLA path (scores and softmax in float32, masked scores a large
-  finite negative), with the value product laid out as [B,K,G,T,H] and transposed after: XLA's
-  CPU dot writes the [B,T,K,G,H] layout that jax's path asks for about 2.5x slower (16 x 256
-  tokens, 4 heads of 16: 14 vs 36 ms, measured). On GPU (keys [B,S,K,H]), jax's own function,
-  which can take cuDNN's fused kernel."""
+  """softmax(q k^T / sqrt(H)) v over grouped KV heads: q [B,T,N,H], k/v [B,S,K,H] (`heads_major`,
+  a per-layer cache: k [B,K,H,S], v [B,K,S,H]), mask [B,1,T,S] or None; [B,T,N,H] out. The
+  numerics of `jax.nn.dot_product_attention`'s XLA path (scores and softmax in float32, masked
+  scores a large finite negative), with the value product laid out as [B,K,G,T,H] and transposed
+  after: XLA's CPU dot writes the [B,T,K,G,H] layout that jax's path asks for about 2.5x slower
+  (16 x 256 tokens, 4 heads of 16: 14 vs 36 ms, measured). On GPU (keys [B,S,K,H]), jax's own
+  function, which can take cuDNN's fused kernel."""
   if jax.default_backend() == "gpu" and not heads_major:
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
   b, t, n, h = q.shape
-  kh, s = (k.shape[1], k.shape[2]) if heads_major else (k.shape[2], k.shape[1])
+  kh, s = (k.shape[1], k.shape[3]) if heads_major else (k.shape[2], k.shape[1])
   g = n // kh
-  kv = "bksh" if heads_major else "bskh"
+  keys, values = ("bkhs", "bksh") if heads_major else ("bskh", "bskh")
   precision = (jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None)
   logits_dtype = jnp.promote_types(q.dtype, jnp.float32)
-  logits = jnp.einsum(f"btkgh,{kv}->bkgts", q.reshape(b, t, kh, g, h), k, precision=precision,
+  q = q.reshape(b, t, kh, g, h)
+  if heads_major:  # queries [B,K,G,T,H] times keys [B,K,H,S]: XLA:CPU's fast row-times-matrix
+    q, query = q.transpose(0, 2, 3, 1, 4), "bkgth"
+  else:
+    query = "btkgh"
+  logits = jnp.einsum(f"{query},{keys}->bkgts", q, k, precision=precision,
                       preferred_element_type=logits_dtype)
   logits = (logits * jnp.asarray(h ** -0.5, logits.dtype)).astype(jnp.float32)
   if is_causal and mask is None:
@@ -182,7 +192,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
   if mask is not None:  # [B,1,T,S] -> [B,1,1,T,S]
     logits = jnp.where(mask[:, :, None], logits, np.float32(-0.7 * np.finfo(np.float32).max))
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum(f"bkgts,{kv}->bkgth", probs, v)
+  out = jnp.einsum(f"bkgts,{values}->bkgth", probs, v)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
@@ -243,11 +253,13 @@ class Attention(nnx.Module):
   def __call__(self, x, positions, mask, is_causal, inv_freq, kv=None, index=None, only_at=None,
                fresh=False):
     """Returns the attention output and, with this layer's cache `kv=(k, v)`, what it writes: its
-    new keys/values [B,T,K,H] for a scanned (stacked) cache, its updated [B,K,S,H] buffers for a
-    per-layer one. Queries attend over the cache with the new rows in place; `fresh` (an empty
-    cache, `mask` [B,1,T,T]): over the new rows alone, in query blocks, as without a cache.
-    With `only_at` (int[B,R] columns of each row), the output [B,R,D] of those queries alone, over
-    every key of their row (`mask` [B,1,T,T] or None, causal): one plain `attend` of R queries.
+    new keys/values [B,T,K,H] for a scanned (stacked) cache, its updated buffers (keys [B,K,H,S],
+    values [B,K,S,H]) for a per-layer one. Queries attend over the cache with the new rows in
+    place; `fresh` (an empty cache, `mask` [B,1,T,T]): over the new rows alone, in query blocks,
+    as without a cache.
+    With `only_at` (int[B,R] columns of each row; no cache, or a fresh one), the output [B,R,D]
+    of those queries alone, over every key of their row (`mask` [B,1,T,T] or None, causal): one
+    plain `attend` of R queries.
     """
     if only_at is not None:
       q = apply_rope(self._project(tokens_at(x, only_at), "q"), tokens_at(positions, only_at),
@@ -264,16 +276,17 @@ class Attention(nnx.Module):
         new_kv = (k.astype(ck.dtype), v.astype(cv.dtype))
         k = jax.lax.dynamic_update_slice(ck, new_kv[0], (0, index, 0, 0)).astype(q.dtype)
         v = jax.lax.dynamic_update_slice(cv, new_kv[1], (0, index, 0, 0)).astype(q.dtype)
-      else:  # heads-major: the [B,K,T,H] rows written into the layer's buffer in place
-        new_kv = tuple(jax.lax.dynamic_update_slice(c, a.transpose(0, 2, 1, 3).astype(c.dtype),
-                                                    (0, 0, index, 0))
-                       for c, a in ((ck, k), (cv, v)))
+      else:  # keys [B,K,H,T], values [B,K,T,H] written into the layer's buffers in place
+        new_kv = (jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 3, 1).astype(ck.dtype),
+                                               (0, 0, 0, index)),
+                  jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype),
+                                               (0, 0, index, 0)))
         k, v = (a.astype(q.dtype) for a in new_kv)
-    if only_at is not None:
+    if only_at is not None:  # over the new rows (no cache, or a fresh one)
       keys = jnp.arange(x.shape[1])
       m = (only_at[:, None, :, None] >= keys) if mask is None else jnp.take_along_axis(
           mask, only_at[:, None, :, None], axis=2)
-      out = attend(q, k, v, m, False)
+      out = attend(q, *rows, m, False)
     elif kv is not None and not fresh:
       out = attend(q, k, v, mask, is_causal, heads_major=not self.cfg.scan_layers)
     else:
@@ -372,14 +385,16 @@ class Transformer(nnx.Module):
     """Hidden states [B,T,D] and the updated cache. `fresh` (static; the caller's promise that
     the cache is empty, as in a prefill): the new tokens attend to each other alone, in query
     blocks as without a cache (not over every slot: 1.8x faster for 16 prompts of 512 tokens on
-    CPU), and are written to the cache the same. `only_at` (int[B,R] columns of each row, no
-    cache): the hidden states [B,R,D] of those tokens alone. Every layer but the last runs on
-    every token (later tokens attend to them); the last computes keys and values for every token
-    and the rest (queries, attention, output projection, MLP) at the R columns only, which is
-    all a reward model reads (its step ends, or each solution's last token)."""
+    CPU), and are written to the cache the same. `only_at` (int[B,R] columns of each row; no
+    cache, or a fresh one): the hidden states [B,R,D] of those tokens alone. Every layer but the
+    last runs on every token (later tokens attend to them); the last computes keys and values
+    for every token (and writes them to the cache) and the rest (queries, attention, output
+    projection, MLP) at the R columns only, which is all a reward model reads (its step ends, or
+    each solution's last token) and all a prefill reads (each prompt's last token)."""
     cfg = self.cfg
-    if only_at is not None and cache is not None:
-      raise ValueError("only_at is for a forward without a cache")
+    if only_at is not None and cache is not None and not fresh:
+      raise ValueError("only_at is for a forward without a cache, or a prefill into an empty "
+                       "one (fresh=True)")
     if fresh and cache is None:
       raise ValueError("fresh is for a prefill into an empty cache; no cache was given")
     if cache is not None and cache.per_layer == cfg.scan_layers:
@@ -421,8 +436,11 @@ class Transformer(nnx.Module):
       if only_at is None:
         x, new_kv = jax.lax.scan(scan_body(graphdef), x, (state, kvs))
       else:  # all layers but the last scanned, the last on its own
-        x, _ = jax.lax.scan(scan_body(graphdef), x, (jax.tree.map(lambda a: a[:-1], state), None))
-        x, _ = body(x, (graphdef, jax.tree.map(lambda a: a[-1], state), None), only_at)
+        x, new_kv = jax.lax.scan(scan_body(graphdef), x, jax.tree.map(lambda a: a[:-1],
+                                                                      (state, kvs)))
+        x, last_kv = body(x, (graphdef, *jax.tree.map(lambda a: a[-1], (state, kvs))), only_at)
+        if cache is not None:
+          new_kv = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), new_kv, last_kv)
       if cache is not None:  # new rows of every layer, written in one update
         at = (0, 0, cache.index, 0, 0)
         cache = cache._replace(k=jax.lax.dynamic_update_slice(cache.k, new_kv[0], at),
