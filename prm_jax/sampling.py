@@ -22,6 +22,7 @@ from flax import nnx
 
 from prm_jax import stopping
 from prm_jax.model import CausalLM, KVCache
+from prm_jax.model.transformer import last_column
 from prm_jax.step_format import StepFormat
 
 NEG_INF = -1e30
@@ -95,7 +96,7 @@ def generate(model: CausalLM, cache: KVCache, prompts: jax.Array, positions: jax
   from prm_jax import sharding
   b, u = keys.shape[0], prompts.shape[0]
   next_pos = jnp.max(positions, axis=1) + 1
-  last_col = jnp.full((u, 1), prompts.shape[1] - 1, jnp.int32)  # the prefill reads its logits only
+  last_col = last_column(prompts)  # the prefill reads its last logits only
   if rows is None:
     cache = cache.empty(b)
     logits, cache = model.decode(prompts, cache, positions, fresh=True, only_at=last_col)

@@ -21,6 +21,7 @@ import numpy as np
 
 from prm_jax import sharding, stopping
 from prm_jax.model import KVCache
+from prm_jax.model.transformer import last_column
 from prm_jax.sampling import Sampler, SamplingConfig, bucket_length, left_pad, next_token
 from prm_jax.scoring import Scorer
 from prm_jax.step_format import ANSWER_HEADER, StepFormat
@@ -116,9 +117,8 @@ def prefill(forward, cfg, tokens: jax.Array, positions: jax.Array, length: int,
   `forward(tokens, cache, positions, fresh, only_at) -> (outputs, cache)` (outputs at the
   `only_at` columns: each prompt's last). Returns (cache, each row's last output, each row's next
   position)."""
-  last_col = jnp.full((tokens.shape[0], 1), tokens.shape[1] - 1, jnp.int32)
   out, cache = forward(tokens, _empty(cfg, tokens.shape[0], length), positions, fresh=True,
-                       only_at=last_col)
+                       only_at=last_column(tokens))
   last, nxt = out[:, -1], jnp.max(positions, axis=1) + 1
   return take_rows(cache, rows, last, nxt) if rows is not None else (cache, last, nxt)
 

@@ -174,16 +174,16 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
   if jax.default_backend() == "gpu" and not heads_major:
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
   b, t, n, h = q.shape
-  kh, s = (k.shape[1], k.shape[3]) if heads_major else (k.shape[2], k.shape[1])
-  g = n // kh
-  keys, values = ("bkhs", "bksh") if heads_major else ("bskh", "bskh")
   precision = (jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None)
   logits_dtype = jnp.promote_types(q.dtype, jnp.float32)
-  q = q.reshape(b, t, kh, g, h)
   if heads_major:  # queries [B,K,G,T,H] times keys [B,K,H,S]: XLA:CPU's fast row-times-matrix
-    q, query = q.transpose(0, 2, 3, 1, 4), "bkgth"
+    kh, s = k.shape[1], k.shape[3]
+    q = q.reshape(b, t, kh, n // kh, h).transpose(0, 2, 3, 1, 4)
+    query, keys, values = "bkgth", "bkhs", "bksh"
   else:
-    query = "btkgh"
+    kh, s = k.shape[2], k.shape[1]
+    q = q.reshape(b, t, kh, n // kh, h)
+    query, keys, values = "btkgh", "bskh", "bskh"
   logits = jnp.einsum(f"{query},{keys}->bkgts", q, k, precision=precision,
                       preferred_element_type=logits_dtype)
   logits = (logits * jnp.asarray(h ** -0.5, logits.dtype)).astype(jnp.float32)
@@ -332,6 +332,12 @@ def tokens_at(x: jax.Array, cols: jax.Array) -> jax.Array:
   """[B,T,...] -> [B,R,...]: each row's tokens at its columns `cols` (int[B,R]). Row by row, so
   a batch split over devices stays split: each device gathers from its own rows."""
   return jnp.take_along_axis(x, cols.reshape(cols.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def last_column(tokens: jax.Array) -> jax.Array:
+  """int32[B,1]: each row's last column, the `only_at` of a prefill that reads only the output
+  after its (left-padded) prompt."""
+  return jnp.full((tokens.shape[0], 1), tokens.shape[1] - 1, jnp.int32)
 
 
 def attention_mask(cfg: ModelConfig, positions, segment_ids, cache_pos):
